@@ -1,0 +1,36 @@
+# Two set-up commands: `make run` (install, make demo data, start the app) and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO := data/demo
+DATA ?= $(DEMO)
+PORT ?= 8501
+
+.PHONY: run test install lint demo clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DEMO)/train_labels.csv: | $(VENV)/.installed
+	$(BIN)/python -m pcam_core demo --out $(DEMO)
+
+demo: $(DEMO)/train_labels.csv
+
+run: install $(if $(filter $(DEMO),$(DATA)),demo)
+	PCAM_DATA=$(abspath $(DATA)) $(BIN)/streamlit run app/streamlit_app.py --server.port $(PORT)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,1 @@
+"""PCam Review core library: data, models, training, inference, Grad-CAM, metrics, submissions."""

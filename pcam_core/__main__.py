@@ -1,0 +1,3 @@
+from pcam_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,324 @@
+"""The uint8 patch cache: a folder of image files decoded once, in parallel, into a memory-mapped .npy.
+
+Layout of a cache folder (`<data>/.pcam_cache/pack/`, or under the user's cache dir when the data
+folder is read-only, or under $PCAM_CACHE_DIR):
+
+    images.npy      (rows, 96, 96, 3) uint8, memory-mapped; a bad file leaves its row unused
+    index.parquet   id, split, label, row: one line per good patch, in store order
+    stats.parquet   per-patch statistics for the EDA, same order
+    skipped.csv     path, reason: the files left out
+    manifest.json   written last: fingerprint, quick key, counts
+
+A pack is built in a temporary sibling folder and renamed into place only when complete, so a crash
+half-way leaves either the previous cache or none, never one that reads as complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PATCH = 96
+PATCH_BYTES = PATCH * PATCH * 3
+PACK_VERSION = 1
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+STATS_COLUMNS = [
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "std_r",
+    "std_g",
+    "std_b",
+    "brightness",
+    "saturation",
+    "tissue_frac",
+]
+CHUNK = 512
+
+
+@dataclass
+class PackIndex:
+    index: pd.DataFrame
+    images: np.ndarray
+    fingerprint: str
+    skipped: pd.DataFrame
+    stats: Callable[[], pd.DataFrame]
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Image files directly inside `folder`, sorted by name (hidden files ignored)."""
+    with os.scandir(folder) as it:
+        names = sorted(
+            e.name for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "." and e.is_file()
+        )
+    return [Path(folder) / n for n in names]
+
+
+def cache_dir_for(root: Path) -> Path:
+    """Where the caches of dataset `root` live: $PCAM_CACHE_DIR, beside the data, or the user's cache."""
+    root = Path(root).resolve()
+    tag = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+    if os.environ.get("PCAM_CACHE_DIR"):
+        return Path(os.environ["PCAM_CACHE_DIR"]) / tag
+    # Root passes os.access on any folder: also honour a folder whose write bits are all off.
+    if os.access(root, os.W_OK) and root.stat().st_mode & 0o222:
+        return root / ".pcam_cache"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pcam-review" / tag
+
+
+def quick_key(root: Path) -> list:
+    """Modification stamps of the dataset's folders and CSVs: unchanged stamps mean an unchanged listing."""
+    key = []
+    for p in [root, root / "train", root / "test", *sorted(root.glob("*.csv"))]:
+        try:
+            st = p.stat()
+            key.append([p.name, st.st_mtime_ns, st.st_size if p.is_file() else 0])
+        except FileNotFoundError:
+            key.append([p.name, None, None])
+    return key
+
+
+def fingerprint_files(
+    root: Path, entries: Sequence[tuple[Path, str, str, int]], skipped: Sequence[tuple[str, str]]
+) -> str:
+    """Hash of the listing: each file's relative name, id, split and label, and what was skipped."""
+    h = hashlib.sha1(f"pack-v{PACK_VERSION}".encode())
+    for f, pid, split, label in entries:
+        h.update(f"{f.relative_to(root)}|{pid}|{split}|{label}\n".encode())
+    for path, reason in skipped:
+        h.update(f"skip|{path}|{reason}\n".encode())
+    return h.hexdigest()
+
+
+def load_pack(cache: Path, fingerprint: str | None, root: Path | None = None) -> PackIndex | None:
+    """The complete pack in `cache`, when it matches `fingerprint` (or the quick key of `root`); else None."""
+    folder = cache / "pack"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if manifest.get("version") != PACK_VERSION:
+        return None
+    if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+        return None
+    if root is not None and manifest.get("quick_key") != quick_key(root):
+        return None
+    try:
+        index = pd.read_parquet(folder / "index.parquet")
+        images = np.load(folder / "images.npy", mmap_mode="r")
+        skipped = pd.read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as e:
+        log.warning("cache in %s is unreadable (%s); it will be rebuilt", folder, e)
+        return None
+    return PackIndex(
+        index, images, manifest["fingerprint"], skipped, lambda: pd.read_parquet(folder / "stats.parquet")
+    )
+
+
+def refresh_quick_key(cache: Path, root: Path) -> None:
+    """Record the folder stamps of an unchanged listing so the next open skips listing the files."""
+    path = cache / "pack" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["quick_key"] = quick_key(root)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+
+
+def patch_stats(x: np.ndarray) -> np.ndarray:
+    """Per-patch statistics of (N, 96, 96, 3) uint8 patches -> (N, 9) float32 in STATS_COLUMNS order.
+
+    Estimated on every other pixel in each direction (2,304 of 9,216): the EDA's distributions do not
+    change visibly and packing runs four times faster.
+    """
+    planes = np.ascontiguousarray(x[:, ::2, ::2].transpose(0, 3, 1, 2)).reshape(len(x), 3, -1)  # (N, 3, P)
+    f = planes.astype(np.float32)
+    mean, std = f.mean(-1), f.std(-1)  # (N, 3)
+    grey = 0.299 * f[:, 0] + 0.587 * f[:, 1] + 0.114 * f[:, 2]  # (N, P)
+    hi = np.maximum(np.maximum(planes[:, 0], planes[:, 1]), planes[:, 2]).astype(np.float32)
+    lo = np.minimum(np.minimum(planes[:, 0], planes[:, 1]), planes[:, 2]).astype(np.float32)
+    sat = (hi - lo) / np.maximum(hi, 1)
+    # Tissue: stained (saturated) or dark pixels; glass, fat and blown-out background are pale and grey.
+    tissue = ((sat > 0.12) & (grey < 235)) | ((grey < 200) & (grey > 20))
+    return np.column_stack([mean, std, grey.mean(1), sat.mean(1), tissue.mean(1)]).astype(np.float32)
+
+
+def stats_table(index: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
+    """The store's stats table: id, split, label, the patch_stats columns and the blank flag."""
+    table = pd.DataFrame(values, columns=STATS_COLUMNS)
+    table.insert(0, "id", index["id"].to_numpy())
+    table.insert(1, "split", index["split"].to_numpy())
+    table.insert(2, "label", index["label"].to_numpy())
+    table["blank"] = table["tissue_frac"] < 0.1
+    return table
+
+
+_verified_headers: set[bytes] = set()
+
+
+def decode_file(path: Path) -> np.ndarray:
+    """One patch as (96, 96, 3) uint8; ValueError saying what is wrong with a bad file."""
+    suffix = path.suffix.lower()
+    raw = path.read_bytes()
+    if suffix in (".tif", ".tiff"):
+        # Kaggle's TIFFs are uncompressed with the pixels stored last, after a header that differs only
+        # in a few fields (a timestamp). A file whose header bytes equal those of a file tifffile decoded
+        # to exactly its last 27,648 bytes stores its pixels at the same place: read them directly.
+        if len(raw) > PATCH_BYTES and raw[:-PATCH_BYTES] in _verified_headers:
+            return np.frombuffer(raw, np.uint8, offset=len(raw) - PATCH_BYTES).reshape(PATCH, PATCH, 3)
+        arr = _decode_tiff(raw, path)
+        if len(raw) > PATCH_BYTES and raw[-PATCH_BYTES:] == arr.tobytes() and len(_verified_headers) < 65536:
+            _verified_headers.add(raw[:-PATCH_BYTES])
+        return arr
+    return _decode_pil(raw, path)
+
+
+def _decode_tiff(raw: bytes, path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        arr = tifffile.imread(io.BytesIO(raw))
+    except Exception as e:  # tifffile raises many types for a corrupt file; all mean "unreadable"
+        raise ValueError(f"unreadable TIFF ({type(e).__name__}: {e})") from None
+    return _check_shape(arr, path)
+
+
+def _decode_pil(raw: bytes, path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            if im.mode != "RGB":
+                raise ValueError(f"mode {im.mode}, expected RGB")
+            arr = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"unreadable image ({e})") from None
+    return _check_shape(arr, path)
+
+
+def _check_shape(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.ndim == 2:
+        raise ValueError(f"greyscale {arr.shape[1]}x{arr.shape[0]}, expected 96x96 RGB")
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        channels = arr.shape[2] if arr.ndim == 3 else arr.ndim
+        raise ValueError(f"{channels} channels (e.g. RGBA), expected 96x96 RGB")
+    if arr.shape[:2] != (PATCH, PATCH):
+        raise ValueError(f"size {arr.shape[1]}x{arr.shape[0]}, expected 96x96")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{arr.dtype} pixels, expected 8-bit")
+    return arr
+
+
+def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, list[str | None], np.ndarray]:
+    """Worker: decode files into rows start.. of the memory-mapped images.npy; return ok flags and stats."""
+    images_path, start, files = job
+    out = np.load(images_path, mmap_mode="r+")
+    ok = np.zeros(len(files), bool)
+    reasons: list[str | None] = [None] * len(files)
+    for i, f in enumerate(files):
+        try:
+            out[start + i] = decode_file(Path(f))
+            ok[i] = True
+        except (ValueError, OSError) as e:
+            reasons[i] = str(e)
+    stats = patch_stats(np.asarray(out[start : start + len(files)]))
+    out.flush()
+    del out
+    return start, ok, reasons, stats
+
+
+def pack_files(
+    cache: Path,
+    fingerprint: str,
+    entries: list[tuple[Path, str, str, int]],
+    skipped: list[tuple[str, str]],
+    root: Path,
+    progress=None,
+) -> dict:
+    """Decode `entries` (file, id, split, label) into a fresh pack in `cache`, in parallel on all cores."""
+    start_time = time.perf_counter()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f"pack.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        n = len(entries)
+        images_path = tmp / "images.npy"
+        np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(n, PATCH, PATCH, 3)).flush()
+        jobs = [
+            (str(images_path), s, [str(e[0]) for e in entries[s : s + CHUNK]]) for s in range(0, n, CHUNK)
+        ]
+        ok = np.zeros(n, bool)
+        reasons: list[str | None] = [None] * n
+        stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
+        workers = min(len(jobs), os.cpu_count() or 1)
+        done = 0
+        with mp.get_context("fork").Pool(workers) as pool:
+            for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
+                ok[s : s + len(chunk_ok)] = chunk_ok
+                reasons[s : s + len(chunk_ok)] = chunk_reasons
+                stats[s : s + len(chunk_ok)] = chunk_stats
+                done += len(chunk_ok)
+                if progress:
+                    progress(done, n)
+        bad = np.flatnonzero(~ok)
+        skipped = skipped + [(str(entries[i][0].relative_to(root)), reasons[i]) for i in bad]
+        if not ok.any():
+            raise ValueError(
+                f"none of the {n} image files in {root} could be read; first problem: "
+                f"{skipped[-1][0]}: {skipped[-1][1]}"
+            )
+        good = np.flatnonzero(ok)
+        index = pd.DataFrame(
+            {
+                "id": [entries[i][1] for i in good],
+                "split": [entries[i][2] for i in good],
+                "label": np.array([entries[i][3] for i in good], np.int8),
+                "row": good.astype(np.int64),
+            }
+        )
+        index.to_parquet(tmp / "index.parquet", index=False)
+        stats_table(index, stats[good]).to_parquet(tmp / "stats.parquet", index=False)
+        pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(tmp / "skipped.csv", index=False)
+        manifest = {
+            "version": PACK_VERSION,
+            "fingerprint": fingerprint,
+            "quick_key": quick_key(root),
+            "root": str(root),
+            "n": int(len(good)),
+            "n_skipped": len(skipped),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        final, old = cache / "pack", cache / f"pack.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start_time
+    log.info("packed %d patches from %s in %.1f s", len(good), root, seconds)
+    return {
+        "reused": False,
+        "n": int(len(good)),
+        "n_skipped": len(skipped),
+        "seconds": seconds,
+        "cache_dir": cache,
+    }
