@@ -143,10 +143,10 @@ def refresh_quick_key(cache: Path, root: Path) -> None:
 def patch_stats(x: np.ndarray) -> np.ndarray:
     """Per-patch statistics of (N, 96, 96, 3) uint8 patches -> (N, 9) float32 in STATS_COLUMNS order.
 
-    Estimated on every other pixel in each direction (2,304 of 9,216): the EDA's distributions do not
-    change visibly and packing runs four times faster.
+    Estimated on a 32x32 grid of pixels (every third in each direction): the EDA's distributions do
+    not change visibly and packing runs several times faster than with all 9,216 pixels.
     """
-    planes = np.ascontiguousarray(x[:, ::2, ::2].transpose(0, 3, 1, 2)).reshape(len(x), 3, -1)  # (N, 3, P)
+    planes = np.ascontiguousarray(x[:, ::3, ::3].transpose(0, 3, 1, 2)).reshape(len(x), 3, -1)  # (N, 3, P)
     f = planes.astype(np.float32)
     mean, std = f.mean(-1), f.std(-1)  # (N, 3)
     grey = 0.299 * f[:, 0] + 0.587 * f[:, 1] + 0.114 * f[:, 2]  # (N, P)
@@ -238,7 +238,7 @@ def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, lis
         except (ValueError, OSError) as e:
             reasons[i] = str(e)
     stats = patch_stats(np.asarray(out[start : start + len(files)]))
-    out.flush()
+    # No msync here: the parent reads the same page cache, and writes the manifest only after every row.
     del out
     return start, ok, reasons, stats
 
