@@ -1,0 +1,120 @@
+"""`python -m pcam_core <command>`: the command line over the library.
+
+Each command is a function `cmd_<name>(args) -> int`; `main` turns expected failures
+(ValueError, FileNotFoundError, ...) into one line on stderr and a non-zero exit. Heavy
+modules (torch) are imported inside the commands that need them so `info` and `pack` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class _Bar:
+    """A tqdm bar driven by `progress(done, total)` callbacks from the library."""
+
+    def __init__(self, desc: str, unit: str = "patch"):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pcam_core.demo import make_demo
+
+    bar = _Bar("demo")
+    try:
+        summary = make_demo(args.out, n_train=args.n_train, n_test=args.n_test, seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    print(f"wrote {summary['n_train']} train ({summary['n_positive']} tumour) and {summary['n_test']} test "
+          f"patches to {args.out}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from pcam_core.data import open_dataset
+
+    bar = _Bar("pack")
+    try:
+        store = open_dataset(args.data, progress=bar)
+    finally:
+        bar.close()
+    print(store.describe())
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from pcam_core.data import pack
+
+    bar = _Bar("pack")
+    try:
+        info = pack(args.data, progress=bar, force=args.force)
+    finally:
+        bar.close()
+    state = "reused" if info["reused"] else f"packed {info['n']} patches in {info['seconds']:.1f} s"
+    print(f"{state}: cache at {info['cache_dir']} ({info['n_skipped']} bad files skipped)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pcam_core", description=__doc__.splitlines()[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="write the synthetic demo dataset in the Kaggle layout")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--n-train", type=int, default=5000)
+    s.add_argument("--n-test", type=int, default=500)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("info", help="summarise a dataset folder (packs it first when needed)")
+    s.add_argument("--data", required=True, type=Path)
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("pack", help="decode a Kaggle or image folder once into the uint8 cache")
+    s.add_argument("--data", required=True, type=Path)
+    s.add_argument("--force", action="store_true", help="rebuild even when the cache is current")
+    s.set_defaults(func=cmd_pack)
+
+    s = sub.add_parser("bench", help="measure data, training and inference speed")
+    s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--only", nargs="+", help="sections to run (default: all)")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from pcam_core.bench import run_bench
+
+    run_bench(args.data, device=args.device, only=args.only)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
