@@ -56,6 +56,36 @@ def machine() -> str:
     return text
 
 
+def tile_kaggle(src, out, n_train: int = 220_025, n_test: int = 57_458) -> Path:
+    """A Kaggle-layout folder of the competition's size made of symlinks to `src`'s patches, repeated.
+
+    Benchmarks use it to measure at full scale from the small real sample; each copy of a patch gets
+    its own id (`<id>_<k>`), so the store sees n_train + n_test distinct patches.
+    """
+    import pandas as pd
+
+    src, out = Path(src).resolve(), Path(out)
+    labels = pd.read_csv(src / "train_labels.csv", dtype={"id": str})
+    test_ids = sorted(p.stem for p in (src / "test").glob("*.tif")) or list(labels["id"])
+    test_src = "test" if (src / "test").is_dir() and any((src / "test").glob("*.tif")) else "train"
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    (out / "test").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n_train):
+        pid, label = labels["id"][i % len(labels)], labels["label"][i % len(labels)]
+        new = f"{pid}_{i // len(labels)}"
+        (out / "train" / f"{new}.tif").symlink_to(src / "train" / f"{pid}.tif")
+        rows.append((new, label))
+    pd.DataFrame(rows, columns=["id", "label"]).to_csv(out / "train_labels.csv", index=False)
+    new_test = []
+    for i in range(n_test):
+        pid = test_ids[i % len(test_ids)]
+        new_test.append(f"{pid}_{i // len(test_ids)}")
+        (out / "test" / f"{new_test[-1]}.tif").symlink_to(src / test_src / f"{pid}.tif")
+    pd.DataFrame({"id": new_test, "label": 0}).to_csv(out / "sample_submission.csv", index=False)
+    return out
+
+
 @section("data")
 def bench_data(data_dir: Path, device: str) -> list[dict]:
     """Packing rate and random batch reads, beside one PIL.Image.open per patch (the notebook's generator)."""

@@ -73,7 +73,9 @@ def draw_nuclei(
         inside = d <= 1
         # Chromatin is denser at the rim of the nucleus than at its centre.
         amount = rng.uniform(*darkness) * (0.75 + 0.25 * np.clip(d, 0, 1))
-        density[y0:y1, x0:x1] = np.where(inside, np.maximum(density[y0:y1, x0:x1], amount), density[y0:y1, x0:x1])
+        density[y0:y1, x0:x1] = np.where(
+            inside, np.maximum(density[y0:y1, x0:x1], amount), density[y0:y1, x0:x1]
+        )
         if mask is not None:
             mask[y0:y1, x0:x1] |= inside
 
@@ -112,7 +114,9 @@ def make_patch(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndar
                 side = rng.integers(4)
                 along = rng.uniform(10, 86)
                 across = rng.uniform(radius + 1, 31 - radius - 7)
-                centre = [(across, along), (along, across), (PATCH - across, along), (along, PATCH - across)][side]
+                centre = [(across, along), (along, across), (PATCH - across, along), (along, PATCH - across)][
+                    side
+                ]
             n = int(np.pi * radius**2 / rng.uniform(45, 70))  # crowded, nuclei touching
             draw_nuclei(hema, mask, rng, scatter(rng, n, centre, radius), (3.5, 6.5), (1.3, 1.9), 0.45)
     stain = [v * rng.uniform(0.85, 1.15, 3).astype(np.float32) for v in (HEMATOXYLIN, EOSIN)]
@@ -158,7 +162,9 @@ def make_demo(
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    log.info("demo: %d train (%d tumour), %d test patches in %s", n_train, summary["n_positive"], n_test, final)
+    log.info(
+        "demo: %d train (%d tumour), %d test patches in %s", n_train, summary["n_positive"], n_test, final
+    )
     return summary
 
 

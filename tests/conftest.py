@@ -26,7 +26,7 @@ def demo_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
-    """The real Kaggle sample (../shared/data/pcam-sample); tests using it skip when PCAM_SAMPLE_DIR is unset."""
+    """The real Kaggle sample (../shared/data/pcam-sample); skips when PCAM_SAMPLE_DIR is unset."""
     path = os.environ.get("PCAM_SAMPLE_DIR")
     if not path:
         pytest.skip("PCAM_SAMPLE_DIR is unset (real Kaggle sample not available)")
