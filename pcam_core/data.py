@@ -20,7 +20,7 @@ from pcam_core.pack import (
     PackIndex,
     cache_dir_for,
     fingerprint_files,
-    list_image_files,
+    list_image_names,
     load_pack,
     pack_files,
     patch_stats,
@@ -42,7 +42,7 @@ __all__ = [
     "PatchStore",
     "dataset_files",
     "detect_layout",
-    "list_image_files",
+    "list_image_names",
     "open_dataset",
     "pack",
     "patch_stats",
@@ -221,54 +221,53 @@ def read_labels_csv(path: Path) -> pd.Series:
     return pd.Series(labels.astype(np.int8).to_numpy(), index=table["id"].astype(str).to_numpy())
 
 
-def _kaggle_files(root: Path) -> tuple[list[tuple[Path, str, str, int]], list[tuple[str, str]]]:
-    """(file, id, split, label) for each usable file, and (path, reason) for each left out."""
+def _by_id(folder: Path, prefix: str) -> dict[str, str]:
+    """id (file name without suffix) -> path relative to the dataset root, for the images in `folder`."""
+    files: dict[str, str] = {}
+    if folder.is_dir():
+        for name in list_image_names(folder):
+            files.setdefault(name.rsplit(".", 1)[0], prefix + name)
+    return files
+
+
+def _kaggle_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, str]]]:
+    """(relative path, id, split, label) for each usable file, and (path, reason) for each left out."""
     entries, skipped = [], []
     labels_csv = root / "train_labels.csv"
     labels = read_labels_csv(labels_csv) if labels_csv.is_file() else None
-    for split in ("train", "test"):
-        folder = root / split
-        files = {}
-        if folder.is_dir():
-            for f in list_image_files(folder):
-                files.setdefault(f.stem, f)
-        if split == "train" and labels is not None:
-            for pid, label in labels.items():
-                if not SAFE_ID.match(pid):
-                    skipped.append(
-                        (f"train_labels.csv id {pid!r}", "unsafe id (path characters); row ignored")
-                    )
-                elif pid in files:
-                    entries.append((files.pop(pid), pid, "train", int(label)))
-                else:
-                    skipped.append((f"train/{pid}.tif", "listed in train_labels.csv but no such file"))
-            skipped += [(f"train/{f.name}", "no label in train_labels.csv") for f in files.values()]
-        else:
-            entries += [(f, pid, split, -1) for pid, f in sorted(files.items())]
-    if labels is None and (root / "train").is_dir() and any(s == "train" for _, _, s, _ in entries):
+    train = _by_id(root / "train", "train/")
+    if train and labels is None:
         raise ValueError(
-            f"{root}/train has images but {labels_csv.name} is missing; add it (columns id,label)"
+            f"{root}/train has images but train_labels.csv is missing; add it (columns id,label)"
         )
+    if labels is not None:
+        for pid, label in zip(labels.index, labels.to_numpy().tolist(), strict=True):
+            if not SAFE_ID.match(pid):
+                skipped.append((f"train_labels.csv id {pid!r}", "unsafe id (path characters); row ignored"))
+            elif pid in train:
+                entries.append((train.pop(pid), pid, "train", label))
+            else:
+                skipped.append((f"train/{pid}.tif", "listed in train_labels.csv but no such file"))
+        skipped += [(rel, "no label in train_labels.csv") for rel in train.values()]
+    entries += [(rel, pid, "test", -1) for pid, rel in _by_id(root / "test", "test/").items()]
     return entries, skipped
 
 
-def _folder_files(root: Path) -> tuple[list[tuple[Path, str, str, int]], list[tuple[str, str]]]:
+def _folder_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, str]]]:
     csvs = sorted(root.glob("*.csv"))
     if len(csvs) > 1:
         names = ", ".join(c.name for c in csvs)
         raise ValueError(f"{root} has several CSV files ({names}); keep one labels CSV with columns id,label")
-    labels = read_labels_csv(csvs[0]) if csvs else pd.Series(dtype=np.int8)
-    files = {}
-    for f in list_image_files(root):
-        files.setdefault(f.stem, f)
+    labels = read_labels_csv(csvs[0]).to_dict() if csvs else {}
+    files = _by_id(root, "")
     skipped = [
         (f"{csvs[0].name} id {pid!r}", "listed in the labels CSV but no such file")
-        for pid in labels.index
+        for pid in labels
         if pid not in files
     ]
     entries = [
-        (f, pid, "train" if pid in labels.index else "test", int(labels.get(pid, -1)))
-        for pid, f in sorted(files.items())
+        (rel, pid, "train" if pid in labels else "test", int(labels.get(pid, -1)))
+        for pid, rel in files.items()
     ]
     return entries, skipped
 
@@ -296,7 +295,7 @@ def _ensure_pack(root: Path, layout: str, progress: Progress | None, force: bool
                 f"{root} has no usable patches ({len(skipped)} entries skipped"
                 + (f", first: {skipped[0][0]}: {skipped[0][1]})" if skipped else ")")
             )
-        fingerprint = fingerprint_files(root, entries, skipped)
+        fingerprint = fingerprint_files(entries, skipped)
         packed = None if force else load_pack(cache, fingerprint)
         if packed is not None:
             refresh_quick_key(cache, root)
@@ -347,4 +346,4 @@ def dataset_files(path) -> list[Path]:
     layout = detect_layout(root)
     if layout == "pcam":
         raise ValueError(f"{root} holds PCam HDF5 files, not image files")
-    return [e[0] for e in (_kaggle_files if layout == "kaggle" else _folder_files)(root)[0]]
+    return [root / e[0] for e in (_kaggle_files if layout == "kaggle" else _folder_files)(root)[0]]

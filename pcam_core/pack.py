@@ -59,13 +59,12 @@ class PackIndex:
     stats: Callable[[], pd.DataFrame]
 
 
-def list_image_files(folder: Path) -> list[Path]:
-    """Image files directly inside `folder`, sorted by name (hidden files ignored)."""
+def list_image_names(folder: Path) -> list[str]:
+    """Names of the image files directly inside `folder`, sorted (hidden files ignored)."""
     with os.scandir(folder) as it:
-        names = sorted(
+        return sorted(
             e.name for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "." and e.is_file()
         )
-    return [Path(folder) / n for n in names]
 
 
 def cache_dir_for(root: Path) -> Path:
@@ -94,12 +93,12 @@ def quick_key(root: Path) -> list:
 
 
 def fingerprint_files(
-    root: Path, entries: Sequence[tuple[Path, str, str, int]], skipped: Sequence[tuple[str, str]]
+    entries: Sequence[tuple[str, str, str, int]], skipped: Sequence[tuple[str, str]]
 ) -> str:
     """Hash of the listing: each file's relative name, id, split and label, and what was skipped."""
     h = hashlib.sha1(f"pack-v{PACK_VERSION}".encode())
     for f, pid, split, label in entries:
-        h.update(f"{f.relative_to(root)}|{pid}|{split}|{label}\n".encode())
+        h.update(f"{f}|{pid}|{split}|{label}\n".encode())
     for path, reason in skipped:
         h.update(f"skip|{path}|{reason}\n".encode())
     return h.hexdigest()
@@ -171,10 +170,11 @@ def stats_table(index: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
 _verified_headers: set[bytes] = set()
 
 
-def decode_file(path: Path) -> np.ndarray:
+def decode_file(path: str | Path) -> np.ndarray:
     """One patch as (96, 96, 3) uint8; ValueError saying what is wrong with a bad file."""
-    suffix = path.suffix.lower()
-    raw = path.read_bytes()
+    suffix = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        raw = f.read()
     if suffix in (".tif", ".tiff"):
         # Kaggle's TIFFs are uncompressed with the pixels stored last, after a header that differs only
         # in a few fields (a timestamp). A file whose header bytes equal those of a file tifffile decoded
@@ -188,7 +188,7 @@ def decode_file(path: Path) -> np.ndarray:
     return _decode_pil(raw, path)
 
 
-def _decode_tiff(raw: bytes, path: Path) -> np.ndarray:
+def _decode_tiff(raw: bytes, path) -> np.ndarray:
     import tifffile
 
     try:
@@ -198,7 +198,7 @@ def _decode_tiff(raw: bytes, path: Path) -> np.ndarray:
     return _check_shape(arr, path)
 
 
-def _decode_pil(raw: bytes, path: Path) -> np.ndarray:
+def _decode_pil(raw: bytes, path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -212,7 +212,7 @@ def _decode_pil(raw: bytes, path: Path) -> np.ndarray:
     return _check_shape(arr, path)
 
 
-def _check_shape(arr: np.ndarray, path: Path) -> np.ndarray:
+def _check_shape(arr: np.ndarray, path) -> np.ndarray:
     if arr.ndim == 2:
         raise ValueError(f"greyscale {arr.shape[1]}x{arr.shape[0]}, expected 96x96 RGB")
     if arr.ndim != 3 or arr.shape[2] != 3:
@@ -233,7 +233,7 @@ def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, lis
     reasons: list[str | None] = [None] * len(files)
     for i, f in enumerate(files):
         try:
-            out[start + i] = decode_file(Path(f))
+            out[start + i] = decode_file(f)
             ok[i] = True
         except (ValueError, OSError) as e:
             reasons[i] = str(e)
@@ -246,12 +246,13 @@ def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, lis
 def pack_files(
     cache: Path,
     fingerprint: str,
-    entries: list[tuple[Path, str, str, int]],
+    entries: list[tuple[str, str, str, int]],
     skipped: list[tuple[str, str]],
     root: Path,
     progress=None,
 ) -> dict:
-    """Decode `entries` (file, id, split, label) into a fresh pack in `cache`, in parallel on all cores."""
+    """Decode `entries` (path relative to root, id, split, label) into a fresh pack in `cache`, in
+    parallel on all cores."""
     start_time = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f"pack.tmp-{os.getpid()}"
@@ -262,7 +263,8 @@ def pack_files(
         images_path = tmp / "images.npy"
         np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(n, PATCH, PATCH, 3)).flush()
         jobs = [
-            (str(images_path), s, [str(e[0]) for e in entries[s : s + CHUNK]]) for s in range(0, n, CHUNK)
+            (str(images_path), s, [os.path.join(root, e[0]) for e in entries[s : s + CHUNK]])
+            for s in range(0, n, CHUNK)
         ]
         ok = np.zeros(n, bool)
         reasons: list[str | None] = [None] * n
@@ -278,7 +280,7 @@ def pack_files(
                 if progress:
                     progress(done, n)
         bad = np.flatnonzero(~ok)
-        skipped = skipped + [(str(entries[i][0].relative_to(root)), reasons[i]) for i in bad]
+        skipped = skipped + [(entries[i][0], reasons[i]) for i in bad]
         if not ok.any():
             raise ValueError(
                 f"none of the {n} image files in {root} could be read; first problem: "
