@@ -22,6 +22,8 @@ import logging
 import multiprocessing as mp
 import os
 import shutil
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -243,6 +245,25 @@ def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, lis
     return start, ok, reasons, stats
 
 
+def pool_context() -> mp.context.BaseContext:
+    """ "fork" from a plain single-threaded process (cheapest); "forkserver" from one that runs other
+    Python threads (the Streamlit server) or has imported torch (its thread pools): forking a process
+    while another thread holds a lock can leave the child waiting on that lock forever."""
+    if threading.active_count() == 1 and "torch" not in sys.modules:
+        return mp.get_context("fork")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+def remove_stale_builds(cache: Path) -> None:
+    """Removes the temporary folders of packs whose process died (killed, power cut) before finishing."""
+    for folder in [*cache.glob("pack.tmp-*"), *cache.glob("pack.old-*")]:
+        pid = folder.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def pack_files(
     cache: Path,
     fingerprint: str,
@@ -255,6 +276,7 @@ def pack_files(
     parallel on all cores."""
     start_time = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
+    remove_stale_builds(cache)
     tmp = cache / f"pack.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -271,7 +293,7 @@ def pack_files(
         stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
         workers = min(len(jobs), os.cpu_count() or 1)
         done = 0
-        with mp.get_context("fork").Pool(workers) as pool:
+        with pool_context().Pool(workers) as pool:
             for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
                 ok[s : s + len(chunk_ok)] = chunk_ok
                 reasons[s : s + len(chunk_ok)] = chunk_reasons

@@ -175,6 +175,24 @@ def test_killed_pack_process_is_rebuilt_on_next_open(demo_dir, tmp_path):
     assert load_pack(cache, None) is None
     store = open_dataset(data)
     assert len(store) == 660 and store[0].any()
+    assert not partial.exists(), "a dead process's half-written pack is cleaned up"
+
+
+def test_pack_from_a_threaded_process_does_not_hang(demo_dir, tmp_path):
+    """The app server runs many threads and the train job has torch loaded; forking either can
+    deadlock a worker, so pack must use a fresh worker process there. Run in a subprocess with a
+    deadline so a hang fails the test instead of stalling the suite."""
+    data = kaggle_copy(demo_dir, tmp_path, n=50)
+    code = (
+        "import sys, threading, time; import torch; torch.ones(512, 512) @ torch.ones(512, 512); "
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); "
+        "from pcam_core.pack import pool_context; assert pool_context().get_start_method() == 'forkserver'; "
+        "from pcam_core.data import open_dataset; print(len(open_dataset(sys.argv[1])))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "110"
 
 
 def make_bad_kaggle(demo_dir: Path, tmp_path: Path) -> tuple[Path, list[str]]:
