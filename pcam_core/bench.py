@@ -131,6 +131,267 @@ def bench_data(data_dir: Path, device: str) -> list[dict]:
     ]
 
 
+@section("train")
+def bench_train(data_dir: Path, device: str) -> list[dict]:
+    """Training img/s for base_cnn and efficientnet_lite0: uint8 store batches augmented whole on the device
+    (fp32 and bf16 autocast), beside a DataLoader doing one PIL decode and augmentation per image (the
+    notebook's pipeline shape) feeding the same architecture in plain fp32. The three run interleaved in
+    short windows and each reports its median window, so load from other processes hits all alike."""
+    import torch
+
+    from pcam_core.data import open_dataset
+    from pcam_core.models import create_model, normalization_for, resolve_device
+    from pcam_core.train import training_precision
+
+    dev = resolve_device(device)
+    store = open_dataset(data_dir)
+    train = store.split_indices("train")
+    train = train[store.labels[train] >= 0]
+    files = [Path(data_dir) / "train" / f"{i}.tif" for i in store.ids[train]]
+    rows = []
+    for name in ("base_cnn", "efficientnet_lite0"):
+        batch, steps = 64, {}
+        baseline = "DataLoader, PIL decode + augment per image, fp32"
+        norm = normalization_for(create_model(name))
+        default = training_precision("auto", dev, create_model(name))
+        if store.layout == "kaggle":
+            steps[baseline] = train_step(
+                name, dev, pil_loader(files, store.labels[train], norm, batch), amp=None, channels_last=False)
+        for amp in (None, torch.bfloat16):
+            kind = "bf16 autocast" if amp else "fp32"
+            steps[f"store batches, batched augmentation on {dev.type}, channels_last, {kind}"
+                  + (" (fit's default)" if amp == default else "")] = train_step(
+                name, dev, store_batches(store, train, norm, batch, dev), amp=amp, channels_last=True)
+        rates = interleaved_rates(steps)
+        for what, value in rates.items():
+            rows.append({"what": f"{name}: {what}", "value": value, "unit": "img/s",
+                         "vs": rates.get(baseline) if what != baseline else None})
+    return rows
+
+
+def interleaved_rates(steps: dict[str, Callable[[], int]], rounds: int = 5, window_s: float = 2.0) -> dict:
+    """Median items/s of each step function over `rounds` windows taken in turn, after a warm-up call."""
+    for step in steps.values():
+        step()
+    windows = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            windows[name].append(rate(step, window_s))
+    return {name: float(np.median(w)) for name, w in windows.items()}
+
+
+def train_step(name: str, device, batches, amp, channels_last: bool) -> Callable[[], int]:
+    """One AdamW step of a fresh `name` on the next (inputs, labels) of `batches`; returns the batch size."""
+    import torch
+    import torch.nn.functional as F
+
+    from pcam_core.models import create_model
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = create_model(name).to(device, memory_format=fmt).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step() -> int:
+        x, y = next(batches)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x.to(device).contiguous(memory_format=fmt)).float().reshape(-1)
+        loss = F.binary_cross_entropy_with_logits(logits, y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(y)
+
+    return step
+
+
+def store_batches(store, indices: np.ndarray, normalization: dict, batch: int, device):
+    """Endless (inputs, labels) batches the way `train.fit` makes them."""
+    import torch
+
+    from pcam_core.transforms import augment_batch
+
+    rng = np.random.default_rng(0)
+    gen = torch.Generator(device=device).manual_seed(0)
+    labels = torch.from_numpy(store.labels.astype(np.float32))
+    while True:
+        pick = np.sort(rng.choice(indices, batch, replace=False))
+        x = torch.from_numpy(store.batch(pick)).to(device)  # (B, 96, 96, 3) uint8
+        yield augment_batch(x, normalization, 96, 0.05, gen), labels[pick].to(device)
+
+
+def pil_loader(files: list[Path], labels: np.ndarray, normalization: dict, batch: int):
+    """The notebook's pipeline shape: a DataLoader (1 worker) decoding and augmenting one image at a time."""
+    import torch
+    from PIL import Image
+
+    mean = np.asarray(normalization["mean"], np.float32)
+    std = np.asarray(normalization["std"], np.float32)
+
+    class PerImage(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            img = Image.open(files[i]).convert("RGB")
+            for op in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
+                       Image.Transpose.TRANSPOSE):
+                if np.random.rand() < 0.5:
+                    img = img.transpose(op)
+            x = (np.asarray(img, np.float32) / 255 * np.random.uniform(0.95, 1.05, 3) - mean) / std
+            return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32)), np.float32(labels[i])
+
+    loader = torch.utils.data.DataLoader(PerImage(), batch_size=batch, shuffle=True, num_workers=1,
+                                         drop_last=True, persistent_workers=True)
+    while True:
+        yield from loader
+
+
+@section("infer")
+def bench_infer(data_dir: Path, device: str) -> list[dict]:
+    """Prediction patches/s for base_cnn and efficientnet_lite0 (TTA 1 and 8) from store batches, beside a
+    DataLoader doing one PIL decode per image into the same model in plain fp32 (the notebook's predict
+    shape); then a Kaggle-size test set (57,458 patches tiled from the data) through `submit`, end to end."""
+    import copy
+    import subprocess
+    import sys
+    from functools import partial
+
+    import torch
+
+    from pcam_core.data import dataset_files, open_dataset
+    from pcam_core.infer import predict
+    from pcam_core.models import create_model, normalization_for, resolve_device, save_checkpoint
+
+    dev = resolve_device(device)
+    store = open_dataset(data_dir)
+    indices = np.arange(min(len(store), 2048))
+    files = dataset_files(data_dir)[:len(indices)] if store.layout != "pcam" else []
+    rows = []
+    for name in ("base_cnn", "efficientnet_lite0"):
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        norm = normalization_for(model)
+        base = None
+        if files:
+            base = rate(partial(pil_predict, copy.deepcopy(model), files, norm, dev), 5.0)
+            rows.append({"what": f"{name}: DataLoader, PIL decode per image, fp32, TTA 1", "value": base,
+                         "unit": "patches/s"})
+        for tta, precision in ((1, "fp32"), (1, "auto"), (8, "auto")):
+            run = partial(predict, (model, {"normalization": norm}), store, indices[: len(indices) // tta],
+                          tta=tta, device=device, precision=precision)
+            run()  # warm-up: oneDNN picks its kernels on the first call
+            value = rate(lambda run=run: len(run()["prob"]), 5.0)
+            rows.append({"what": f"{name}: infer.predict from store batches, {precision} precision, "
+                                 f"TTA {tta}", "value": value, "unit": "patches/s", "vs": base})
+    if store.layout == "kaggle":
+        with tempfile.TemporaryDirectory() as tmp:
+            tiled = tile_kaggle(data_dir, Path(tmp) / "kaggle", n_train=0, n_test=57_458)
+            model = create_model("base_cnn")
+            ckpt, out = Path(tmp) / "base_cnn.pt", Path(tmp) / "submission.csv"
+            save_checkpoint({"state_dict": model.state_dict(), "model_name": "base_cnn", "model_args": {},
+                             "normalization": normalization_for(model), "config": {"crop": 96}, "epoch": 0,
+                             "metrics": {}}, ckpt)
+            command = [sys.executable, "-m", "pcam_core", "submit", "--checkpoint", str(ckpt),
+                       "--data", str(tiled), "--device", device, "--out", str(out)]
+            start = time.perf_counter()
+            done = subprocess.run(command, env={**os.environ, "PCAM_CACHE_DIR": tmp}, capture_output=True,
+                                  text=True)
+            if done.returncode:
+                raise RuntimeError(f"submit failed: {done.stderr.strip().splitlines()[-1:]}")
+            rows.append({"what": "submit on 57,458 tiled test patches (pack + predict base_cnn TTA 1 + write "
+                                 "+ validate), wall time", "value": time.perf_counter() - start, "unit": "s"})
+    return rows
+
+
+def pil_predict(model, files: list[Path], normalization: dict, device, batch: int = 64) -> int:
+    """One pass of the notebook's predict shape: a DataLoader (1 worker) decoding one image at a time."""
+    import torch
+    from PIL import Image
+
+    mean = np.asarray(normalization["mean"], np.float32)
+    std = np.asarray(normalization["std"], np.float32)
+
+    class PerImage(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            x = (np.asarray(Image.open(files[i]).convert("RGB"), np.float32) / 255 - mean) / std
+            return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+    model = model.to(device)
+    with torch.inference_mode():
+        for x in torch.utils.data.DataLoader(PerImage(), batch_size=batch, num_workers=1):
+            torch.sigmoid(model(x.to(device))).cpu()
+    return len(files)
+
+
+@section("cam")
+def bench_cam(data_dir: Path, device: str) -> list[dict]:
+    """CAM patches/s per method for base_cnn and efficientnet_lite0 at their default layers; on data with
+    tumour masks (the demo set), a base_cnn trained for 3 epochs: how Grad-CAM maps on its held-out tumour
+    patches sit on the centre and on the tumour, beside a uniform map."""
+    from functools import partial
+
+    import torch
+
+    from pcam_core import cam
+    from pcam_core.data import open_dataset
+    from pcam_core.models import create_model, normalization_for, resolve_device
+
+    dev = resolve_device(device)
+    store = open_dataset(data_dir)
+    images = store.batch(np.arange(min(len(store), 64)))
+    rows = []
+    for name in ("base_cnn", "efficientnet_lite0"):
+        torch.manual_seed(0)
+        model = create_model(name).to(dev).eval()
+        ckpt = {"normalization": normalization_for(model)}
+        for method in cam.METHODS:
+            some = images[:4] if method == "scorecam" else images
+            run = partial(cam.cams_for_images, model, ckpt, some, method=method)
+            run()  # warm-up
+            value = rate(lambda run=run: len(run()), 3.0)
+            rows.append({"what": f"{name}: {method}", "value": value, "unit": "patches/s"})
+    if store.masks([0]) is not None:
+        rows += cam_quality(data_dir, store, device)
+    return rows
+
+
+def cam_quality(data_dir: Path, store, device: str) -> list[dict]:
+    """Trains base_cnn for 3 epochs, then scores its CAMs on the held-out tumour patches against the masks."""
+    from pcam_core import cam
+    from pcam_core.config import TrainConfig
+    from pcam_core.infer import holdout_indices
+    from pcam_core.train import fit
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in fit(TrainConfig(data=str(data_dir), model="base_cnn", epochs=3, out=str(Path(tmp) / "run"),
+                                 device=device)):
+            pass
+        held = holdout_indices(Path(tmp) / "run", store)
+        tumour = held[store.labels[held] == 1]
+        masks = store.masks(tumour)
+        for method in ("gradcam", "gradcam++", "layercam", "eigencam"):
+            maps = cam.compute_cams(Path(tmp) / "run", store, tumour, method=method, device=device)
+            scores = cam.localisation(maps, masks)
+            uniform = float(np.nanmean(scores["uniform_share"]))
+            what = f"trained base_cnn, {method}, {len(tumour)} held-out tumour patches:"
+            rows += [
+                {"what": f"{what} CAM mass in the centre 32x32 (uniform map: 1/9)",
+                 "value": float(np.nanmean(cam.centre_focus(maps))), "unit": "share", "vs": 1 / 9},
+                {"what": f"{what} CAM mass on tumour pixels (uniform map: {uniform:.3f})",
+                 "value": float(np.nanmean(scores["tumour_share"])), "unit": "share", "vs": uniform},
+                {"what": f"{what} pointing game, CAM maximum on tumour (uniform map: {uniform:.3f})",
+                 "value": float(np.nanmean(scores["pointing_hit"])), "unit": "hit rate", "vs": uniform},
+            ]
+    return rows
+
+
 def run_bench(data_dir: Path | None, device: str = "auto", only: list[str] | None = None) -> list[dict]:
     names = only or list(SECTIONS)
     unknown = sorted(set(names) - set(SECTIONS))

@@ -1,0 +1,49 @@
+"""Dataset: what was loaded, how it splits, what was skipped, and the pack cache."""
+
+import pandas as pd
+import streamlit as st
+
+from app import ui
+
+ui.header("Dataset", "The patches the other pages work on. Pick another dataset in the sidebar: the built-in "
+                     "demo, the real Kaggle sample, or any folder (Kaggle layout, PCam HDF5 or images).")
+ctx = ui.context()
+store = ctx.store
+
+cols = st.columns(4)
+cols[0].metric("Patches", f"{len(store):,}")
+cols[1].metric("Layout", store.layout)
+cols[2].metric("Tumour", f"{int((store.labels == 1).sum()):,}")
+cols[3].metric("Bad files skipped", f"{len(store.skipped):,}")
+
+st.subheader("Splits and labels")
+counts = (pd.crosstab(pd.Series(store.splits, name="split"),
+                      pd.Series(store.labels, name="label").map(ui.label_name))
+          .reindex(store.split_names()))
+counts["total"] = counts.sum(axis=1)
+st.dataframe(counts, key="data_counts")
+st.caption("Label 1 (tumour) means at least one tumour pixel lies in the centre 32x32 of the patch; "
+           "the outer ring is context only.")
+
+st.subheader("Skipped files")
+if store.skipped.empty:
+    st.success("Every file was read: no corrupt, mis-sized or unlabelled patches.")
+else:
+    st.warning(f"{len(store.skipped):,} files were left out. They are listed below; fix or remove them "
+               "and rebuild the cache.")
+    st.dataframe(store.skipped, hide_index=True, key="data_skipped")
+
+st.subheader("Cache")
+st.markdown(f"The app only reads `{store.root}`; its decoded patches live in `{store.cache_dir}` "
+            f"(fingerprint `{store.fingerprint[:12]}`).")
+if store.layout == "pcam":
+    st.caption("PCam HDF5 files are read directly: nothing to pack.")
+elif st.button("Rebuild the cache", key="data_pack", help="Decode every file again (after adding or fixing "
+                                                           "files)."):
+    try:
+        summary = ui.pack_with_progress(store.root, force=True)
+    except ValueError as e:
+        st.error(f"Packing failed: {e}")
+        st.stop()
+    ui.forget_store()
+    st.success(summary.capitalize())

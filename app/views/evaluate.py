@@ -1,0 +1,109 @@
+"""Evaluate: ROC and PR curves, a live threshold with its confusion matrix, calibration, worst mistakes."""
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import ui
+from pcam_core import metrics
+
+PLOT = {"displaylogo": False}
+LAYOUT = dict(height=340, margin=dict(t=40, b=10, l=10, r=10), showlegend=False)
+
+ui.header("Evaluate", "How well the sidebar's model separates tumour from normal on labelled patches. "
+                      "Move the threshold to trade sensitivity against specificity; click a mistake to "
+                      "inspect it.")
+ctx = ui.context()
+store = ctx.store
+if ctx.run is None:
+    st.info("Choose a trained model in the sidebar (train one on the Train page).")
+    st.stop()
+HELD_OUT = "held-out validation patches of this run"
+held_out = ui.validation_indices(str(ctx.run), store, store.fingerprint)
+choices = [HELD_OUT] if held_out is not None else []
+choices += [s for s in store.split_names() if store.has_labels(s)]
+if not choices:
+    st.warning("This dataset has no labelled patches to evaluate on.")
+    st.stop()
+
+row = st.columns([2, 1, 3])
+split = row[0].selectbox("Patches", choices, key="eval_split",
+                         help="A whole split includes the patches the model trained on and scores "
+                              "optimistically; the run's held-out validation patches do not.")
+tta = row[1].selectbox("TTA views", [1, 2, 4, 8], key="eval_tta")
+if split == HELD_OUT:
+    parts = [ui.predictions(ctx, s, tta) for s in np.unique(store.splits[held_out])]
+    preds = pd.concat(parts, ignore_index=True)
+    preds = preds[np.isin(preds["index"], held_out)]
+else:
+    preds = ui.predictions(ctx, split, tta)
+y, p = preds["label"].to_numpy(), preds["prob"].to_numpy()
+try:
+    head = ui.headline_metrics(y, p)
+except ValueError as e:
+    st.error(f"Cannot evaluate on {split}: {e}")
+    st.stop()
+
+cols = st.columns(5)
+cols[0].metric("ROC AUC", f"{head['roc_auc']:.4f}", help="Kaggle's metric.")
+cols[1].metric("95% interval", f"{head['ci'][0]:.3f} to {head['ci'][1]:.3f}",
+               help="Bootstrap, 1,000 resamples.")
+cols[2].metric("PR AUC", f"{head['pr_auc']:.4f}")
+cols[3].metric("ECE", f"{head['ece']:.3f}", help="Expected calibration error over 10 bins: 0 is perfect.")
+cols[4].metric("Patches", f"{len(y):,}", help=f"{int(y.sum()):,} tumour")
+
+threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="eval_threshold",
+                      help="P(tumour) at or above it counts as tumour. Youden's best cut: "
+                           f"{head['youden']:.2f}.")
+rates = metrics.at_threshold(y, p, threshold)
+counts = metrics.confusion(y, p, threshold)
+cols = st.columns(4)
+cols[0].metric("Sensitivity", f"{rates['sensitivity']:.3f}", help="Tumour patches caught.")
+cols[1].metric("Specificity", f"{rates['specificity']:.3f}", help="Normal patches cleared.")
+cols[2].metric("Precision", f"{rates['precision']:.3f}")
+cols[3].metric("Accuracy", f"{rates['accuracy']:.3f}")
+
+roc, pr, confusion, reliability = st.columns(4)
+curve = metrics.roc_points(y, p)
+here = curve.iloc[(curve["threshold"] - threshold).abs().argmin()]
+fig = go.Figure([
+    go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", line_color=ui.LABEL_COLOURS["tumour"]),
+    go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999")),
+    go.Scatter(x=[here["fpr"]], y=[here["tpr"]], mode="markers", marker=dict(size=11, color="#222")),
+])
+roc.plotly_chart(fig.update_layout(title="ROC", xaxis_title="1 - specificity", yaxis_title="sensitivity",
+                                   **LAYOUT), key="eval_roc", config=PLOT)
+curve = metrics.pr_points(y, p)
+fig = go.Figure(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                           line_color=ui.LABEL_COLOURS["normal"]))
+pr.plotly_chart(fig.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision",
+                                  **LAYOUT), key="eval_pr", config=PLOT)
+grid = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+fig = go.Figure(go.Heatmap(z=grid, x=["pred. normal", "pred. tumour"], y=["normal", "tumour"], text=grid,
+                           texttemplate="%{text:,}", colorscale="Purples", showscale=False))
+confusion.plotly_chart(fig.update_layout(title=f"Confusion at {threshold:.2f}", yaxis_autorange="reversed",
+                                         **LAYOUT), key="eval_confusion", config=PLOT)
+table = metrics.calibration(y, p)
+fig = go.Figure([go.Bar(x=(table["lo"] + table["hi"]) / 2, y=table["frac_positive"], width=0.09,
+                        marker_color=ui.LABEL_COLOURS["tumour"], customdata=table["count"],
+                        hovertemplate="predicted %{x:.2f}: %{y:.2f} tumour (%{customdata:,} patches)"),
+                 go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"))])
+reliability.plotly_chart(fig.update_layout(title="Reliability", xaxis_title="predicted P(tumour)",
+                                           yaxis_title="observed tumour share", **LAYOUT),
+                         key="eval_reliability", config=PLOT)
+
+for title, wrong, descending in (("Top false positives", (y == 0) & (p >= threshold), True),
+                                 ("Top false negatives", (y == 1) & (p < threshold), False)):
+    st.subheader(title)
+    mistakes = preds[wrong].sort_values("prob", ascending=not descending)
+    if mistakes.empty:
+        st.caption("None at this threshold.")
+        continue
+    shown = mistakes.head(8)
+    key = "eval_fp" if descending else "eval_fn"
+    chosen = ui.patch_grid(store, shown["index"].to_numpy(), [f"p {v:.3f}" for v in shown["prob"]],
+                           button_key=key)
+    if chosen is not None:
+        ui.open_in_inspect(chosen, mistakes["index"].to_numpy())
+    st.caption(f"{len(mistakes):,} in all; Inspect walks through them from the worst.")

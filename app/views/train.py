@@ -1,0 +1,130 @@
+"""Train: fill a TrainConfig, run it as a background job, watch it, stop or resume it; the run registry."""
+
+import json
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import ui
+from pcam_core import jobs
+from pcam_core.config import SCHEDULES, TrainConfig, runs_dir
+from pcam_core.models import list_models
+
+ui.header("Train", "Train a classifier on this dataset as a background job: it keeps running when you "
+                   "close the tab, and its checkpoints appear in the sidebar's model list. One job runs "
+                   "per device.")
+ctx = ui.context()
+device = ui.device_spec()
+busy = jobs.active_job(runs_dir(), device)
+
+with st.form("train_form"):
+    st.markdown(f"**New run** on `{ctx.store.root.name}` ({len(ctx.store):,} patches), device {ctx.device}")
+    row = st.columns(4)
+    models = list_models()
+    model = row[0].selectbox("Model", models, index=models.index("base_cnn") if "base_cnn" in models else 0,
+                             key="train_model", help="base_cnn: the reference notebook's small CNN (fast on "
+                                                     "CPU). EfficientNets: stronger, slower.")
+    epochs = row[1].number_input("Epochs", 1, 200, 3, key="train_epochs")
+    batch_size = row[2].selectbox("Batch size", [32, 64, 128, 256, 512], index=2, key="train_batch")
+    lr = row[3].number_input("Learning rate", 1e-5, 1.0, 2e-3, format="%.4f", key="train_lr")
+    row = st.columns(4)
+    pretrained = row[0].checkbox("ImageNet weights", key="train_pretrained",
+                                 help="Transfer learning; works offline for efficientnet_lite0.")
+    augment = row[1].checkbox("Augment", True, key="train_augment",
+                              help="Random flips/rotations and stain jitter on every batch.")
+    val_frac = row[2].slider("Validation share", 0.05, 0.5, 0.1, 0.05, key="train_val")
+    crop = row[3].selectbox("Input", [96, 64, 48, 32], key="train_crop",
+                            format_func=lambda c: "whole patch (96 px)" if c == 96 else f"centre {c} px")
+    with st.expander("More options"):
+        row = st.columns(4)
+        schedule = row[0].selectbox("Schedule", SCHEDULES, key="train_schedule")
+        jitter = row[1].slider("Stain jitter", 0.0, 0.3, 0.05, 0.01, key="train_jitter")
+        patience = row[2].number_input("Early-stop patience (0: off)", 0, 50, 0, key="train_patience")
+        seed = row[3].number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+    started = st.form_submit_button("Start training", type="primary", disabled=busy is not None,
+                                    icon=":material/play_arrow:")
+if busy is not None:
+    st.info(f"A job is running on {device} ({busy.name}); stop it or wait before starting another.")
+if started:
+    config = TrainConfig(data=str(ctx.store.root), model=model, pretrained=pretrained, epochs=int(epochs),
+                         batch_size=int(batch_size), lr=float(lr), val_frac=float(val_frac), crop=int(crop),
+                         augment=augment, jitter=float(jitter), schedule=schedule, patience=int(patience),
+                         seed=int(seed), device=device)
+    try:
+        st.session_state["train_run"] = str(jobs.start(config))
+    except ValueError as e:
+        st.error(f"Could not start: {e}")
+        st.stop()
+    st.rerun()
+
+runs = jobs.list_runs(runs_dir())
+st.subheader("Runs")
+if runs.empty:
+    st.caption("No runs yet. Start one above: base_cnn for 3 epochs on the demo data takes a couple of "
+               "minutes on two CPU cores.")
+    st.stop()
+picked = st.dataframe(
+    runs.drop(columns=["path", "checkpoint"]), hide_index=True, key="train_runs", on_select="rerun",
+    selection_mode="single-row",
+    column_config={"best_auc": st.column_config.NumberColumn("best AUC", format="%.4f"),
+                   "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
+                   "run_id": "run"})
+rows = picked.selection.rows
+if rows:
+    st.session_state["train_run"] = runs["path"].iloc[rows[0]]
+current = st.session_state.get("train_run")
+if current not in set(runs["path"]):
+    current = str(busy) if busy is not None else runs["path"].iloc[0]
+run = Path(current)
+
+
+@st.fragment(run_every=2)
+def live(run: Path) -> None:
+    """Polls the run folder: progress, curves, and Stop/Resume; reruns the app when the job ends."""
+    status = jobs.status(run)
+    state = status["state"]
+    st.markdown(f"#### {run.name}: {state}")
+    epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
+    if state in jobs.ACTIVE_STATES and epochs:
+        step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
+        done = (min(epoch, epochs) + (step / steps if steps else 0)) / epochs
+        st.progress(min(done, 1.0),
+                    text=f"epoch {min(epoch + 1, epochs)} of {epochs}, step {step} of {steps}")
+    elif state == "starting":
+        st.progress(0.0, text="starting (loading the data and the model)")
+    if status["message"]:
+        (st.error if state == "failed" else st.caption)(status["message"])
+    table = jobs.metrics(run)
+    if len(table):
+        left, right = st.columns(2)
+        layout = dict(height=260, margin=dict(t=30, b=10), xaxis_title="epoch")
+        loss = go.Figure([go.Scatter(x=table["epoch"], y=table[c], name=c.replace("_", " "),
+                                     mode="lines+markers") for c in ("train_loss", "val_loss")])
+        left.plotly_chart(loss.update_layout(title="loss", **layout), key="train_loss_chart")
+        auc = go.Figure(go.Scatter(x=table["epoch"], y=table["val_auc"], mode="lines+markers"))
+        right.plotly_chart(auc.update_layout(title="validation ROC AUC", **layout), key="train_auc_chart")
+    if state in jobs.ACTIVE_STATES:
+        if st.button("Stop", key="train_stop", icon=":material/stop:",
+                     help="Saves a resumable checkpoint, then ends the job."):
+            jobs.stop(run)
+    elif state in ("stopped", "failed") and (run / "last.pt").is_file():
+        if st.button("Resume", key="train_resume", icon=":material/replay:", disabled=busy is not None):
+            try:
+                jobs.resume(run, device)
+            except ValueError as e:
+                st.error(f"Could not resume: {e}")
+            else:
+                st.rerun(scope="app")  # the form above now shows the device as busy
+    if state == "failed" and jobs.log_tail(run):
+        st.code(jobs.log_tail(run), language=None)
+    previous = st.session_state.get(f"train_seen_{run.name}")
+    st.session_state[f"train_seen_{run.name}"] = state
+    if previous in jobs.ACTIVE_STATES and state not in jobs.ACTIVE_STATES:
+        st.rerun(scope="app")  # the finished run's checkpoint joins the sidebar's model list
+
+
+live(run)
+with st.expander("Configuration of this run"):
+    config_path = run / "config.json"
+    st.json(json.loads(config_path.read_text()) if config_path.is_file() else {}, expanded=False)

@@ -1,0 +1,156 @@
+"""TrainConfig: the one object that describes a training run, saved as config.json in its run folder.
+
+The CLI builds it from flags, the train page from widgets; `fit` takes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+SCHEDULES = ("onecycle", "cosine")
+FINETUNE = ("full", "head", "head_then_full")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def runs_dir() -> Path:
+    """Where run folders go by default: $PCAM_RUNS_DIR, else models/runs in the repository."""
+    return Path(os.environ.get("PCAM_RUNS_DIR") or Path(__file__).resolve().parents[1] / "models" / "runs")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on.
+
+    Attributes:
+        data: dataset folder (any layout `data.open_dataset` reads).
+        model: registry name (`models.list_models()`) or any timm model name.
+        pretrained: start from ImageNet weights (offline for efficientnet_lite0).
+        epochs: passes over the training split.
+        batch_size: patches per step and per process (under torchrun each rank takes this many).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        schedule: "onecycle" (linear warm-up, cosine down) or "cosine" (no warm-up).
+        warmup_frac: share of the steps spent warming up under "onecycle".
+        val_frac: stratified share held out for validation when the data has no valid split.
+        val_ids: CSV with an `id` column naming the validation patches (overrides val_frac).
+        out: run folder; default runs_dir()/<model>-<time>.
+        resume: run folder to continue exactly where it stopped (its saved config wins).
+        device: "auto", "cpu" or "cuda".
+        seed: seeds the split, the batch order, augmentation and initialisation.
+        crop: input size in px: 96 (full patch with context) or a centre crop such as 32, 48, 64.
+        finetune: "full" trains everything; "head" freezes the backbone; "head_then_full" trains the
+            head for `head_epochs`, then everything at lr * `unfreeze_lr_factor` (the notebook's fine-tune).
+        head_epochs: epochs of head-only training under "head_then_full".
+        unfreeze_lr_factor: learning-rate multiplier once the backbone is unfrozen.
+        augment: random dihedral transform and colour jitter on every training batch.
+        jitter: strength of the stain/brightness/contrast jitter (0 turns it off).
+        ema_decay: keep an exponential moving average of the weights and save/validate it (0 turns it off).
+        patience: stop when validation AUC has not improved for this many epochs (0: never).
+        val_tta: dihedral views averaged at validation (1, 2, 4 or 8).
+        precision: "auto" (bf16 autocast on CUDA, and on AMX CPUs for nets without depthwise convolutions),
+            "bf16" or "fp32".
+        channels_last: NHWC memory format for the model and its input.
+        compile: wrap the model in torch.compile.
+        threads: CPU threads for torch (0: torch's default).
+    """
+
+    data: str = ""
+    model: str = "efficientnet_lite0"
+    pretrained: bool = False
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    warmup_frac: float = 0.15
+    val_frac: float = 0.1
+    val_ids: str | None = None
+    out: str | None = None
+    resume: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    crop: int = 96
+    finetune: str = "full"
+    head_epochs: int = 1
+    unfreeze_lr_factor: float = 0.1
+    augment: bool = True
+    jitter: float = 0.05
+    ema_decay: float = 0.0
+    patience: int = 0
+    val_tta: int = 1
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0
+
+    def validate(self) -> TrainConfig:
+        """Checks the options that need no data; raises ValueError naming the bad one."""
+        def allowed(name: str, value, choices) -> None:
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(choices)}")
+
+        allowed("schedule", self.schedule, SCHEDULES)
+        allowed("finetune", self.finetune, FINETUNE)
+        allowed("precision", self.precision, PRECISIONS)
+        allowed("device", self.device, ("auto", "cpu", "cuda"))
+        allowed("val_tta", self.val_tta, (1, 2, 4, 8))
+        if not self.data and not self.resume:
+            raise ValueError("no dataset given: pass --data DIR")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.val_frac < 1:
+            raise ValueError(f"val_frac must lie between 0 and 1 (e.g. 0.1), got {self.val_frac}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 16 <= self.crop <= 96 or self.crop % 2:
+            raise ValueError(f"crop must be an even size in px between 16 and 96 (e.g. 32, 48, 64, 96), "
+                             f"got {self.crop}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be 0 (off) or below 1 (e.g. 0.999), got {self.ema_decay}")
+        if self.finetune == "head_then_full" and not 0 < self.head_epochs < self.epochs:
+            raise ValueError(f"head_then_full needs 0 < head_epochs < epochs, got "
+                             f"head_epochs={self.head_epochs} and epochs={self.epochs}")
+        return self
+
+    def run_dir(self) -> Path:
+        """The run folder: `out` when given, else a new time-stamped folder under runs_dir()."""
+        if self.out:
+            return Path(self.out)
+        return runs_dir() / f"{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, str]:
+        """One help line per field, taken from the Attributes section of this docstring (CLI --help)."""
+        text = cls.__doc__.split("Attributes:", 1)[1]
+        helps, name = {}, None
+        for line in text.splitlines():
+            head, sep, rest = line.strip().partition(": ")
+            if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+                name, helps[head] = head, rest
+            elif name and line.strip():
+                helps[name] += " " + line.strip()
+        return helps
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Builds a config from a dict, ignoring keys this version does not know (older or newer runs)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: is this a run folder written by `pcam_core train`?")
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,129 @@
+"""Reviewer verdicts in SQLite: an append-only audit trail per dataset and patch.
+
+Every verdict a reviewer gives is a new row; nothing is updated or deleted, so the history of a
+patch is its rows in order and its current verdict is the latest one. The database runs in WAL
+mode and each call opens its own short-lived connection, so several Streamlit sessions (threads
+of one server) or processes can write at once: writers queue on SQLite's lock, none is lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VERDICTS = ("agree", "disagree", "unsure")
+COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "checkpoint", "prob", "created"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset    TEXT NOT NULL,
+    patch_id   TEXT NOT NULL,
+    verdict    TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
+    note       TEXT NOT NULL DEFAULT '',
+    reviewer   TEXT NOT NULL,
+    checkpoint TEXT NOT NULL DEFAULT '',
+    prob       REAL,
+    created    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_patch ON verdicts (dataset, patch_id, seq);
+"""
+
+# The latest row per patch: the current verdict. seq is monotonic, so max(seq) is the newest.
+_LATEST = """
+SELECT v.* FROM verdicts v
+JOIN (SELECT patch_id, MAX(seq) AS seq FROM verdicts WHERE dataset = ? GROUP BY patch_id) last
+  ON v.seq = last.seq
+ORDER BY v.seq
+"""
+
+
+class ReviewStore:
+    """Verdicts kept in one SQLite file (created on first use).
+
+    Args:
+        path: the database file; its folder is created when missing.
+        timeout: seconds a writer waits for another writer's lock before failing.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 30.0):
+        self.path = Path(path)
+        self.timeout = timeout
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            yield con
+        finally:
+            con.close()
+
+    def record(self, dataset: str, patch_id: str, verdict: str, reviewer: str, note: str = "",
+               checkpoint: str = "", prob: float | None = None) -> int:
+        """Appends a verdict and returns its sequence number.
+
+        Args:
+            dataset: the dataset key (the app uses the dataset folder's resolved path).
+            patch_id: the patch id within the dataset.
+            verdict: one of VERDICTS.
+            reviewer: who gave it; must not be blank.
+            note: free text.
+            checkpoint: the model whose prediction was reviewed, if any.
+            prob: that model's probability for the patch, if any.
+        """
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict {verdict!r} is not one of {list(VERDICTS)}")
+        if not reviewer or not reviewer.strip():
+            raise ValueError("a verdict needs a reviewer name: enter yours in the sidebar")
+        created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        with self._connect() as con:
+            cur = con.execute(
+                "INSERT INTO verdicts (dataset, patch_id, verdict, note, reviewer, checkpoint, prob, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (dataset, str(patch_id), verdict, note.strip(), reviewer.strip(), checkpoint,
+                 None if prob is None else float(prob), created))
+            return int(cur.lastrowid)
+
+    def _query(self, sql: str, params: Sequence) -> pd.DataFrame:
+        with self._connect() as con:
+            rows = con.execute(sql, params).fetchall()
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def latest(self, dataset: str) -> pd.DataFrame:
+        """The current verdict of every reviewed patch of a dataset, one row per patch."""
+        return self._query(_LATEST, (dataset,))
+
+    def history(self, dataset: str, patch_id: str | None = None) -> pd.DataFrame:
+        """Every verdict given (for one patch, or the whole dataset), oldest first."""
+        if patch_id is None:
+            return self._query("SELECT * FROM verdicts WHERE dataset = ? ORDER BY seq", (dataset,))
+        return self._query("SELECT * FROM verdicts WHERE dataset = ? AND patch_id = ? ORDER BY seq",
+                           (dataset, str(patch_id)))
+
+    def counts(self, dataset: str) -> dict[str, int]:
+        """How many patches currently hold each verdict."""
+        current = self.latest(dataset)["verdict"].value_counts()
+        return {v: int(current.get(v, 0)) for v in VERDICTS}
+
+    def export_csv(self, dataset: str, full_history: bool = False) -> str:
+        """The current verdicts (or the whole audit trail) of a dataset as CSV text."""
+        table = self.history(dataset) if full_history else self.latest(dataset)
+        return table.to_csv(index=False)
+
+
+def priority(prob: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """How much a patch needs a reviewer, in [0, 2]: the model's doubt (1 at p = 0.5, 0 at p = 0 or 1)
+    plus twice the spread of its test-time-augmentation views (views that disagree)."""
+    doubt = 1.0 - np.abs(2.0 * np.asarray(prob, np.float64) - 1.0)
+    return doubt + 2.0 * np.clip(np.nan_to_num(np.asarray(spread, np.float64)), 0.0, 0.5)

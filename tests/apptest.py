@@ -1,0 +1,74 @@
+"""Helpers for the page tests (tests/test_app_*.py): the app opened on a demo set, and a trained run.
+
+A test module uses the fixtures by naming this module in `pytest_plugins`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY = REPO / "app" / "streamlit_app.py"
+
+
+@pytest.fixture(scope="session")
+def trained_runs(demo_dir, tmp_path_factory) -> Path:
+    """A runs folder holding one finished base_cnn run (2 epochs) on the demo set."""
+    runs = tmp_path_factory.mktemp("runs")
+    env = {**os.environ, "PCAM_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "cache")}
+    # packed first, as the app has always opened (packed) a dataset before it starts a job on it
+    subprocess.run([sys.executable, "-m", "pcam_core", "pack", "--data", str(demo_dir)], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "pcam_core", "train", "--data", str(demo_dir), "--model",
+                    "base_cnn", "--epochs", "2", "--batch-size", "64", "--device", "cpu", "--out",
+                    str(runs / "tiny")], cwd=REPO, env=env, check=True, capture_output=True)
+    return runs
+
+
+@pytest.fixture
+def open_app(demo_dir, tmp_path, monkeypatch):
+    """`open_page`, in the app's test environment: the demo set as the built-in dataset, no runs
+    ($PCAM_RUNS_DIR: tmp_path/runs) and a fresh verdict store ($PCAM_REVIEW_DB)."""
+    monkeypatch.setenv("PCAM_DATA", str(demo_dir))
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("PCAM_REVIEW_DB", str(tmp_path / "reviews.sqlite"))
+    monkeypatch.delenv("PCAM_SAMPLE_DIR", raising=False)
+    return open_page
+
+
+@pytest.fixture
+def with_model(trained_runs, monkeypatch) -> Path:
+    """Points the app at the runs folder with the trained demo model; returns that run folder."""
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(trained_runs))
+    return trained_runs / "tiny"
+
+
+@pytest.fixture
+def page_text():
+    return text_of
+
+
+def open_page(page: str | None = None, reviewer: str = "") -> AppTest:
+    """Runs the app, then switches to app/views/<page>.py (the entry file draws the sidebar first)."""
+    at = AppTest.from_file(str(ENTRY), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    if reviewer:
+        at.text_input(key="reviewer").input(reviewer).run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    return at
+
+
+def text_of(at: AppTest) -> str:
+    """Every title, header, markdown, caption, metric and alert on the page, as one string."""
+    kinds = ("title", "subheader", "markdown", "caption", "info", "warning", "success", "error")
+    parts = [e.value for kind in kinds for e in getattr(at, kind)]
+    parts += [f"{m.label}: {m.value}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)

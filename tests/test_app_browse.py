@@ -1,0 +1,60 @@
+"""The Browse page: the grid, its filters and sorts, the review queue, and opening a patch in Inspect."""
+
+import numpy as np
+
+pytest_plugins = ["apptest"]
+
+
+def tiles(at) -> list[tuple[str, float]]:
+    """(true-label letter, probability) of each grid tile, read from its caption ("T · p 0.93 · ...")."""
+    captions = [image.proto.imgs[0].caption.split(" · ") for image in at.image]
+    return [(c[0], float(c[1][2:])) for c in captions]
+
+
+def test_browse_without_a_model_pages_through_the_split(open_app, page_text):
+    at = open_app("browse")
+    assert not at.exception
+    assert "**600** of 600 train patches match; page 1 of 13." in page_text(at)
+    assert len(at.image) == 48
+    at.segmented_control(key="browse_size").set_value(24).run()
+    assert len(at.image) == 24
+    at.number_input(key="browse_page").set_value(25).run()
+    assert "page 25 of 25" in page_text(at)
+    at.selectbox(key="browse_label").set_value("tumour").run()
+    assert not at.exception
+    text = page_text(at)
+    assert "page 1 of" in text  # a new filter starts again from the first page
+    tumour = int(text.split("**")[1])
+    assert 0 < tumour < 600
+    at.selectbox(key="browse_split").set_value("test").run()
+    assert "of 60 test patches" in page_text(at)
+
+
+def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text):
+    at = open_app("browse")
+    assert not at.exception
+    at.selectbox(key="browse_sort").set_value("probability, high first").run()
+    assert not at.exception
+    probs = [p for _, p in tiles(at)]
+    assert probs == sorted(probs, reverse=True)
+
+    at.selectbox(key="browse_outcome").set_value("false negative").run()
+    assert not at.exception
+    assert tiles(at) and all(label == "T" and p <= 0.5 for label, p in tiles(at))
+
+    at.selectbox(key="browse_outcome").set_value("any").run()
+    at.toggle(key="browse_queue").set_value(True).run()
+    assert not at.exception
+    doubt = [abs(p - 0.5) for _, p in tiles(at)]
+    assert doubt[0] <= np.median(doubt)  # the least sure come first
+
+
+def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):
+    at = open_app("browse")
+    target = at.button[2]  # the third tile's Inspect button
+    index = int(target.key.rsplit("_", 1)[1])
+    target.click().run()
+    assert not at.exception
+    assert at.title[0].value == "Inspect"
+    assert at.session_state["inspect_index"] == index
+    assert "Patch 3 of 600 in the current filter" in page_text(at)

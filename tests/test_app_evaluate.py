@@ -1,0 +1,40 @@
+"""The Evaluate page: headline metrics, the live threshold, and mistakes opening in Inspect."""
+
+pytest_plugins = ["apptest"]
+
+
+def test_evaluate_without_a_model_says_what_to_do(open_app, page_text):
+    at = open_app("evaluate")
+    assert not at.exception
+    assert "Choose a trained model" in page_text(at)
+
+
+def test_threshold_updates_the_confusion_and_rates(open_app, with_model, page_text):
+    at = open_app("evaluate")
+    assert not at.exception
+    assert at.selectbox(key="eval_split").value == "held-out validation patches of this run"
+    metrics = {m.label: m.value for m in at.metric}
+    assert 0.5 <= float(metrics["ROC AUC"]) <= 1
+    assert metrics["Patches"] == "60"  # val_frac 0.1 of 600
+    low, high = (float(v) for v in metrics["95% interval"].split(" to "))
+    assert low <= float(metrics["ROC AUC"]) <= high
+
+    at.slider(key="eval_threshold").set_value(0.0).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Sensitivity"], metrics["Specificity"]) == ("1.000", "0.000")
+    assert "Top false negatives" in page_text(at) and "None at this threshold." in page_text(at)
+
+    at.selectbox(key="eval_split").set_value("train").run()
+    assert not at.exception
+    assert {m.label: m.value for m in at.metric}["Patches"] == "600"
+
+
+def test_a_false_positive_opens_in_inspect(open_app, with_model):
+    at = open_app("evaluate")
+    at.slider(key="eval_threshold").set_value(0.0).run()
+    first = next(b for b in at.button if b.key.startswith("eval_fp_"))
+    first.click().run()
+    assert not at.exception
+    assert at.title[0].value == "Inspect"
+    assert at.session_state["inspect_index"] == int(first.key.rsplit("_", 1)[1])

@@ -1,0 +1,92 @@
+"""The Inspect page: navigation, prediction and CAM, verdicts into the store, and uploaded patches."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.images import read_upload
+from pcam_core.review import ReviewStore
+
+pytest_plugins = ["apptest"]
+
+
+def png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_verdicts_are_saved_at_once_with_the_model_and_its_probability(open_app, with_model, page_text,
+                                                                        demo_dir, tmp_path):
+    at = open_app("inspect", reviewer="Dr Ann")
+    assert not at.exception
+    text = page_text(at)
+    assert "Patch 1 of 660" in text
+    metrics = {m.label: m.value for m in at.metric}
+    assert 0 <= float(metrics["P(tumour)"]) <= 1
+    assert metrics["Centre focus"].endswith("%") or "empty" in page_text(at)
+    assert len(at.image) >= 2  # the patch and its CAM overlay
+
+    at.slider(key="inspect_alpha").set_value(0.8).run()  # opacity: the overlay only
+    assert not at.exception
+    at.selectbox(key="inspect_method").set_value("gradcam++").run()
+    assert not at.exception
+
+    at.text_input(key="inspect_note_0").input("mitoses at the edge").run()
+    at.button(key="inspect_verdict_disagree").click().run()
+    assert not at.exception
+    assert "Current verdict: **disagree** by Dr Ann" in page_text(at)
+
+    trail = ReviewStore(tmp_path / "reviews.sqlite").history(str(demo_dir.resolve()))
+    assert len(trail) == 1
+    row = trail.iloc[0]
+    assert (row["verdict"], row["reviewer"], row["note"]) == ("disagree", "Dr Ann", "mitoses at the edge")
+    assert row["checkpoint"] == str(with_model) and 0 <= row["prob"] <= 1
+
+
+def test_previous_next_and_go_to_id(open_app, page_text, demo_dir):
+    at = open_app("inspect")
+    assert at.button(key="inspect_prev").disabled
+    at.button(key="inspect_next").click().run()
+    assert "Patch 2 of 660" in page_text(at)
+    assert at.button(key="inspect_verdict_agree").disabled  # no reviewer name yet
+    assert "Enter your name" in page_text(at)
+
+    at.text_input(key="inspect_goto").input("no-such-patch").run()
+    assert not at.exception
+    assert "not in" in at.error[0].value
+    wanted = sorted(p.stem for p in (demo_dir / "train").iterdir())[5]
+    at.text_input(key="inspect_goto").input(wanted).run()
+    assert not at.exception and f"**{wanted}**" in page_text(at)
+
+
+def test_an_uploaded_patch_is_scored_or_refused(open_app, with_model, page_text):
+    at = open_app("inspect")
+    at.file_uploader(key="inspect_upload").upload("big.png", png(120, 100), "image/png").run()
+    assert not at.exception and not at.error
+    assert "P(tumour)" in page_text(at)
+    at.file_uploader(key="inspect_upload").clear().upload("notes.png", b"not an image", "image/png").run()
+    assert not at.exception
+    assert "not a readable image" in at.error[0].value
+
+
+@pytest.mark.parametrize("data, message", [
+    (png(64, 64), "at least 96x96"),
+    (b"GIF89a nonsense", "not a readable image"),
+    (b"\0" * (6 * 2**20), "under 5 MB"),
+])
+def test_bad_uploads_are_refused_with_a_reason(data, message):
+    with pytest.raises(ValueError, match=message):
+        read_upload(data, "upload.png")
+
+
+def test_a_larger_upload_is_centre_cropped():
+    image = np.zeros((200, 300, 3), np.uint8)
+    image[52:148, 102:198] = 200  # the centre 96x96
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "TIFF")
+    patch = read_upload(out.getvalue(), "slide-crop.tif")
+    assert patch.shape == (96, 96, 3) and (patch == 200).all()

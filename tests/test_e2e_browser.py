@@ -1,0 +1,110 @@
+"""End to end in headless Chromium: every page of the running app loads without an error element, and a
+reviewer goes Browse -> Inspect -> Agree and the verdict lands in the store. Screenshots go to tmp_path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from pcam_core.review import ReviewStore
+
+pytest_plugins = ["apptest"]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGES = {"dataset": "", "explore": "eda", "browse": "browse", "inspect": "inspect", "evaluate": "evaluate",
+         "train": "train", "submit": "submit"}
+REPO = Path(__file__).resolve().parents[1]
+
+if not CHROMIUM.exists():
+    pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)", allow_module_level=True)
+sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(demo_dir, trained_runs, tmp_path):
+    """The app served on a free localhost port, on the demo set, with the trained demo model."""
+    port = free_port()
+    env = {**os.environ, "PCAM_DATA": str(demo_dir), "PCAM_RUNS_DIR": str(trained_runs),
+           "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite")}
+    env.pop("PCAM_SAMPLE_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py",
+                             "--server.port", str(port), "--server.headless", "true"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+            time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def settle(page, timeout: float = 90) -> None:
+    """Waits until the app has drawn a title and stopped running for a moment."""
+    page.wait_for_selector("h1", timeout=timeout * 1000)
+    deadline, quiet = time.monotonic() + timeout, 0
+    while quiet < 4 and time.monotonic() < deadline:
+        quiet = quiet + 1 if not page.locator("[data-testid=stStatusWidget]").count() else 0
+        time.sleep(0.25)
+
+
+def errors_on(page) -> int:
+    return page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
+
+
+def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        for name, path in PAGES.items():
+            page.goto(f"{server}/{path}")
+            settle(page)
+            page.screenshot(path=shots / f"{name}.png")
+            assert errors_on(page) == 0, f"error element on the {name} page (see {shots / name}.png)"
+
+        page.goto(server)
+        settle(page)
+        page.get_by_label("Reviewer", exact=True).fill("Dr E2E")
+        page.get_by_label("Reviewer", exact=True).press("Enter")
+        settle(page)
+        page.get_by_role("link", name="Browse").click()
+        settle(page)
+        page.get_by_role("button", name="Inspect").first.click()
+        page.get_by_role("heading", name="Inspect").wait_for()
+        settle(page)
+        page.get_by_role("button", name="Agree", exact=True).click()
+        settle(page)
+        page.screenshot(path=shots / "verdict.png")
+        assert errors_on(page) == 0
+        browser.close()
+
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    deadline = time.monotonic() + 10
+    while store.history(str(demo_dir.resolve())).empty and time.monotonic() < deadline:
+        time.sleep(0.2)
+    trail = store.history(str(demo_dir.resolve()))
+    assert trail[["verdict", "reviewer"]].values.tolist() == [["agree", "Dr E2E"]]
+    print(f"screenshots in {shots}")

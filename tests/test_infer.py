@@ -1,0 +1,202 @@
+"""Batched prediction: batch-size invariance, TTA, ensembles, the predictions cache, bad checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pcam_core import infer
+from pcam_core.data import open_dataset
+from pcam_core.models import create_model, model_args_for, normalization_for, save_checkpoint
+
+
+def untrained_checkpoint(path, name: str = "base_cnn", crop: int = 96, seed: int = 0):
+    """A checkpoint file of a freshly initialised registered model (what `train` writes, minus training)."""
+    torch.manual_seed(seed)
+    model = create_model(name, **model_args_for(name, crop))
+    save_checkpoint({"state_dict": model.state_dict(), "model_name": name,
+                     "model_args": model_args_for(name, crop), "normalization": normalization_for(model),
+                     "config": {"crop": crop}, "epoch": 0, "metrics": {}}, path)
+    return path
+
+
+class PointwiseNet(nn.Module):
+    """Rotation- and flip-invariant by construction: per-pixel features, then a global mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.pixels = nn.Sequential(nn.Conv2d(3, 16, 1), nn.Tanh(), nn.Conv2d(16, 8, 1), nn.Tanh())
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        return self.head(self.pixels(x).mean(dim=(2, 3)))  # (B, 1)
+
+
+@pytest.fixture(scope="module")
+def store(demo_dir):
+    return open_dataset(demo_dir)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "base_cnn.pt")
+
+
+def test_predictions_do_not_depend_on_batch_size(store, ckpt):
+    idx = np.arange(50)
+    runs = [infer.predict(ckpt, store, idx, batch_size=b, precision="fp32")["prob"] for b in (50, 16, 1)]
+    assert runs[0].shape == (50,) and runs[0].dtype == np.float32
+    assert np.ptp(runs[0]) > 0  # the patches do give different outputs
+    for other in runs[1:]:
+        np.testing.assert_allclose(other, runs[0], atol=1e-5)
+    bf16 = infer.predict(ckpt, store, idx, batch_size=16, precision="bf16")["prob"]
+    np.testing.assert_allclose(bf16, runs[0], atol=2e-2)
+
+
+def test_tta_on_an_invariant_model_changes_nothing(store):
+    torch.manual_seed(0)
+    pair = (PointwiseNet().eval(), {"normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    idx = np.arange(20)
+    one = infer.predict(pair, store, idx, tta=1, precision="fp32")
+    eight = infer.predict(pair, store, idx, tta=8, precision="fp32")
+    assert eight["views"].shape == (20, 8)
+    np.testing.assert_allclose(eight["prob"], one["prob"], atol=1e-6)
+    assert eight["spread"].max() < 1e-6 and np.ptp(one["prob"]) > 0
+
+
+def test_tta_views_of_an_oriented_model_differ(store, ckpt):
+    out = infer.predict(ckpt, store, np.arange(10), tta=4, precision="fp32")
+    assert out["views"].shape == (10, 4) and out["spread"].max() > 0
+    np.testing.assert_allclose(out["prob"], out["views"].mean(axis=1), rtol=1e-6)
+
+
+def test_ensemble_averages_probabilities(store, ckpt, tmp_path):
+    other = untrained_checkpoint(tmp_path / "other.pt", seed=1)
+    idx = np.arange(12)
+    a, b = (infer.predict(c, store, idx, precision="fp32")["prob"] for c in (ckpt, other))
+    both = infer.predict([ckpt, other], store, idx, precision="fp32")["prob"]
+    np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
+
+
+def test_progress_reaches_the_total(store, ckpt):
+    calls = []
+    infer.predict(ckpt, store, np.arange(30), batch_size=8, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(8, 30), (16, 30), (24, 30), (30, 30)]
+
+
+def test_predictions_table_is_cached_per_checkpoint_and_data(store, monkeypatch, tmp_path):
+    ckpt = untrained_checkpoint(tmp_path / "a.pt")
+    table = infer.predictions_table(ckpt, store, "test", tta=2)
+    assert list(table.columns) == ["id", "index", "prob", "spread", "label"]
+    assert len(table) == 60 and (table["label"] == -1).all()
+    assert table["id"].tolist() == store.ids[store.split_indices("test")].tolist()
+
+    def no_predicting(*args, **kwargs):
+        raise AssertionError("predicted again instead of reading the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(infer, "predict", no_predicting)
+        again = infer.predictions_table(ckpt, store, "test", tta=2)
+    np.testing.assert_array_equal(again["prob"], table["prob"])
+    # a rewritten checkpoint (new mtime) is predicted afresh
+    newer = untrained_checkpoint(tmp_path / "b.pt", seed=3)
+    os.replace(newer, ckpt)
+    fresh = infer.predictions_table(ckpt, store, "test", tta=2)
+    assert not np.allclose(fresh["prob"], table["prob"])
+
+
+def test_predictions_table_keeps_precisions_apart(store, monkeypatch, tmp_path):
+    ckpt = untrained_checkpoint(tmp_path / "p.pt")
+    calls = []
+    real = infer.predict
+    monkeypatch.setattr(infer, "predict", lambda *a, **k: calls.append(k["precision"]) or real(*a, **k))
+    for precision in ("fp32", "bf16", "fp32", "bf16"):
+        infer.predictions_table(ckpt, store, "test", precision=precision)
+    assert calls == ["fp32", "bf16"]
+
+
+def test_bad_tta(store, ckpt):
+    with pytest.raises(ValueError, match="tta must be one of"):
+        infer.predict(ckpt, store, [0], tta=3)
+
+
+def test_corrupt_checkpoint(store, ckpt, tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable PCam Review checkpoint"):
+        infer.predict(broken, store, [0])
+
+
+def test_checkpoint_for_another_model(store, tmp_path):
+    path = untrained_checkpoint(tmp_path / "x.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model_name"] = "efficientnet_lite0"
+    ckpt["model_args"] = {}
+    torch.save(ckpt, path)
+    with pytest.raises(ValueError, match="do not fit model efficientnet_lite0"):
+        infer.predict(path, store, [0])
+
+
+# the command line: predict, evaluate and submit, and the one-line errors they give on bad input
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    from pcam_core.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_predict_evaluate_submit(demo_dir, ckpt, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    common = ["--checkpoint", ckpt, "--data", demo_dir]
+    code, out, _ = run_cli(capsys, "predict", *common, "--out", tmp_path / "p.csv")
+    assert code == 0 and "wrote 60 test predictions" in out
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert list(preds.columns) == ["id", "prob"] and len(preds) == 60
+
+    code, out, _ = run_cli(capsys, "evaluate", "--checkpoint", ckpt, ckpt, "--data", demo_dir, "--tta", 2,
+                           "--out", tmp_path / "m.json")
+    assert code == 0 and "ROC AUC" in out and "train: 600 patches" in out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["split"] == "train" and report["tta"] == 2 and len(report["checkpoints"]) == 2
+    assert {"summary", "roc", "pr", "calibration"} <= set(report) and len(report["calibration"]["lo"]) == 10
+
+    code, out, _ = run_cli(capsys, "submit", *common, "--out", tmp_path / "s.csv")
+    assert code == 0 and "wrote 60 test probabilities" in out
+    sub = pd.read_csv(tmp_path / "s.csv")
+    sample = pd.read_csv(demo_dir / "sample_submission.csv")
+    assert sub["id"].tolist() == sample["id"].tolist()
+
+
+def test_cli_bad_input_gives_one_line(demo_dir, ckpt, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    train_only = tmp_path / "train_only"
+    (train_only / "train").mkdir(parents=True)
+    patch = next((demo_dir / "test").glob("*.tif")).read_bytes()
+    for pid in ("a", "b"):
+        (train_only / "train" / f"{pid}.tif").write_bytes(patch)
+    (train_only / "train_labels.csv").write_text("id,label\na,0\nb,1\n")
+    cases = [
+        (["evaluate", "--checkpoint", ckpt, "--data", demo_dir, "--split", "test"], "are not all labelled"),
+        (["predict", "--checkpoint", ckpt, "--data", demo_dir, "--out", blocker / "p.csv"], "cannot create"),
+        (["predict", "--checkpoint", broken, "--data", demo_dir, "--out", tmp_path / "p.csv"],
+         "not a readable PCam Review checkpoint"),
+        (["predict", "--checkpoint", tmp_path / "absent.pt", "--data", demo_dir, "--out", tmp_path / "p.csv"],
+         "not found"),
+        (["submit", "--checkpoint", ckpt, "--data", train_only, "--out", tmp_path / "s.csv"], "no test part"),
+    ]
+    for argv, message in cases:
+        code, out, err = run_cli(capsys, *argv)
+        lines = [line for line in err.splitlines() if line.startswith("error")]  # progress bars aside
+        assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)

@@ -1,0 +1,104 @@
+"""Background training jobs: flags from a config, a real tiny job through start/stop/resume, dead jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pcam_core import jobs
+from pcam_core.config import TrainConfig
+from pcam_core.data import pack
+
+
+def wait_for(run: Path, states: tuple[str, ...], timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs.status(run)
+        if status["state"] in states and (status["state"] == "running" or not status["alive"]):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{run.name} did not reach {states}: {jobs.status(run)}\n{jobs.log_tail(run)}")
+
+
+def test_config_flags_give_only_what_differs_from_the_defaults():
+    config = TrainConfig(data="/d", model="base_cnn", epochs=2, augment=False, pretrained=True, lr=1e-3)
+    flags = jobs.config_flags(config)
+    assert flags[:4] == ["--data", "/d", "--model", "base_cnn"]
+    assert set(flags[4:]) == {"--pretrained", "--epochs", "2", "--lr", "0.001", "--no-augment"}
+
+
+def test_start_refuses_an_unresolved_device(tmp_path):
+    with pytest.raises(ValueError, match="device cpu or cuda"):
+        jobs.start(TrainConfig(data=str(tmp_path), model="base_cnn", device="auto"))
+
+
+@pytest.mark.slow
+def test_a_real_job_runs_stops_resumes_and_finishes(demo_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(tmp_path / "runs"))
+    pack(demo_dir)  # as the app has always opened (packed) a dataset before it starts a job on it
+    config = TrainConfig(data=str(demo_dir), model="base_cnn", epochs=2, batch_size=32, device="cpu")
+    run = jobs.start(config)
+    assert run.parent == tmp_path / "runs"
+
+    with pytest.raises(ValueError, match="already running on cpu"):
+        jobs.start(config)
+    assert jobs.active_job(tmp_path / "runs", "cpu") == run
+
+    status = wait_for(run, ("running",))
+    assert status["alive"] and status["device"] == "cpu"
+    while not (jobs.status(run).get("step") or 0) > 0:
+        time.sleep(0.2)
+    assert jobs.stop(run)
+    status = wait_for(run, ("stopped", "finished"))
+    assert status["state"] == "stopped", status
+    assert (run / "last.pt").is_file()
+    assert not jobs.stop(run)
+
+    jobs.resume(run, "cpu")
+    status = wait_for(run, ("finished", "failed"))
+    assert status["state"] == "finished", jobs.log_tail(run)
+    assert list(jobs.metrics(run)["epoch"]) == [1, 2]
+    assert jobs.checkpoint_path(run) == run / "best.pt"
+
+    runs = jobs.list_runs(tmp_path / "runs")
+    assert list(runs["run_id"]) == [run.name]
+    assert runs["state"].iloc[0] == "finished" and runs["model"].iloc[0] == "base_cnn"
+    assert 0.5 <= runs["best_auc"].iloc[0] <= 1.0
+    assert jobs.active_job(tmp_path / "runs", "cpu") is None
+
+
+def test_a_running_job_whose_process_died_reads_as_failed(tmp_path):
+    run = tmp_path / "runs" / "dead"
+    run.mkdir(parents=True)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run / "job.json").write_text(json.dumps({"pid": gone.pid, "device": "cpu", "started": time.time()}))
+    time.sleep(0.05)  # status.json is newer than the launch: not stale
+    (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 0, "epochs": 3}))
+    (run / "job.log").write_text("Killed\n")
+    status = jobs.status(run)
+    assert status["state"] == "failed" and not status["alive"]
+    assert "without a final status" in status["message"]
+    assert jobs.log_tail(run) == "Killed"
+    assert jobs.active_job(tmp_path / "runs", "cpu") is None
+    assert jobs.list_runs(tmp_path / "runs")["state"].tolist() == ["failed"]
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="no last.pt"):
+        jobs.resume(tmp_path, "cpu")
+
+
+def test_a_run_started_from_the_command_line_is_read_from_its_status(tmp_path):
+    run = tmp_path / "runs" / "cli-run"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 17, "epoch": 1}))
+    status = jobs.status(run)
+    assert status["state"] == "failed" and status["pid"] == 2**22 + 17 and status["device"] is None
+    (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 3, "best_auc": 0.91}))
+    assert jobs.list_runs(tmp_path / "runs")[["state", "best_auc"]].values.tolist() == [["finished", 0.91]]

@@ -1,0 +1,181 @@
+"""Training: a short fit learns, a stopped+resumed run matches an uninterrupted one, torchrun, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pcam_core.config import TrainConfig
+from pcam_core.models import create_model, load_checkpoint, read_checkpoint
+from pcam_core.train import fit, lr_factor
+from pcam_core.validation import evaluate_holdout, split_train_val
+
+REPO = Path(__file__).resolve().parents[1]
+# small and fast: the notebook's CNN on the centre 48 px, 15 steps of 24 per epoch
+SMALL = dict(model="base_cnn", crop=48, batch_size=24, val_frac=0.4, lr=3e-3, threads=2)
+
+
+def run_all(cfg: TrainConfig, stop: threading.Event | None = None, stop_after: int | None = None):
+    events = []
+    for event in fit(cfg, stop):
+        events.append(event)
+        if stop_after is not None and event["type"] == "step" and event["step"] == stop_after:
+            stop.set()
+    return events
+
+
+def test_one_epoch_on_demo_lifts_auc_well_above_chance(demo_dir, tmp_path):
+    cfg = TrainConfig(data=str(demo_dir), out=str(tmp_path / "run"), epochs=1, **{**SMALL, "crop": 96})
+    events = run_all(cfg)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finished" and "epoch" in kinds
+    auc = next(e for e in events if e["type"] == "epoch")["metrics"]["val_auc"]
+    assert auc > 0.8
+    run = tmp_path / "run"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["epoch"] == 1 and status["best_auc"] == pytest.approx(auc)
+    columns = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
+    assert list(pd.read_csv(run / "metrics.csv").columns) == columns
+    assert TrainConfig.load(run / "config.json") == cfg
+    model, ckpt = load_checkpoint(run)
+    assert ckpt["config"]["crop"] == 96 and ckpt["normalization"]["std"] == [1.0] * 3
+    holdout = evaluate_holdout([run], tta=1)  # recomputed from val_ids.csv
+    assert holdout["n"] == events[0]["n_val"] and holdout["val_auc"] == pytest.approx(auc)
+    assert {p.name for p in run.iterdir()} == {"config.json", "status.json", "metrics.csv", "val_ids.csv",
+                                               "best.pt", "last.pt"}
+
+
+@pytest.mark.slow
+def test_stopped_and_resumed_run_ends_with_the_same_weights(demo_dir, tmp_path):
+    cfg = TrainConfig(data=str(demo_dir), epochs=2, ema_decay=0.9, **SMALL)
+    run_all(replace(cfg, out=str(tmp_path / "straight")))
+
+    stop = threading.Event()
+    events = run_all(replace(cfg, out=str(tmp_path / "stopped")), stop, stop_after=20)  # mid second epoch
+    assert events[-1]["type"] == "stopped" and events[-1]["step"] == 20
+    assert json.loads((tmp_path / "stopped" / "status.json").read_text())["state"] == "stopped"
+    resumed = run_all(TrainConfig(resume=str(tmp_path / "stopped")))
+    assert resumed[0]["resumed_at_step"] == 20 and resumed[-1]["type"] == "finished"
+
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")
+    b = read_checkpoint(tmp_path / "stopped" / "last.pt")
+    for key in ("state_dict", "train_state_dict"):
+        assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
+    assert len(pd.read_csv(tmp_path / "stopped" / "metrics.csv")) == 2
+    with pytest.raises(ValueError, match="already finished"):
+        run_all(TrainConfig(resume=str(tmp_path / "stopped")))
+
+
+def test_head_then_full_freezes_the_backbone_first(demo_dir, tmp_path):
+    cfg = TrainConfig(data=str(demo_dir), out=str(tmp_path / "run"), epochs=2, finetune="head_then_full",
+                      head_epochs=1, **SMALL)
+    saved = [read_checkpoint(e["path"])["state_dict"] for e in fit(cfg)
+             if e["type"] == "checkpoint" and not e["best"]]  # last.pt after each epoch
+    torch.manual_seed(cfg.seed)
+    init = create_model("base_cnn", input_size=48).state_dict()
+    assert torch.equal(init["features.0.weight"], saved[0]["features.0.weight"])  # frozen in epoch 1
+    assert not torch.equal(init["head.1.weight"], saved[0]["head.1.weight"])
+    assert not torch.equal(saved[0]["features.0.weight"], saved[1]["features.0.weight"])  # trained in epoch 2
+
+
+@pytest.mark.slow
+def test_cli_sigterm_writes_a_resumable_checkpoint(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pcam_core", "train", "--data", str(demo_dir), "--model", "base_cnn",
+           "--crop", "48", "--batch-size", "8", "--epochs", "50", "--out", str(run)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {}
+        if status.get("step", 0) > 0:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "resume with --resume" in out
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert read_checkpoint(run / "last.pt")["step"] > 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_write_one_checkpoint(demo_dir, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pcam_core", "train", "--data", str(demo_dir), "--model", "base_cnn", "--crop", "48",
+           "--batch-size", "16", "--epochs", "1", "--threads", "1", "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run.glob("*.pt")) == ["best.pt", "last.pt"]
+    ckpt = read_checkpoint(run / "last.pt")
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] == 1
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert result.stdout.count("epoch 1: train loss") == 1  # rank 0 alone reports
+
+
+class LabelStore:
+    """Just the label and split bookkeeping of a PatchStore, for the split checks."""
+
+    def __init__(self, labels, splits=None):
+        self.root = Path("fake")
+        self.labels = np.asarray(labels, dtype=np.int8)
+        self.splits = np.asarray(splits if splits is not None else ["train"] * len(self.labels))
+
+    def split_names(self):
+        return [s for s in ("train", "valid", "test") if s in set(self.splits)]
+
+    def split_indices(self, split):
+        return np.flatnonzero(self.splits == split)
+
+    def has_labels(self, split=None):
+        labels = self.labels if split is None else self.labels[self.splits == split]
+        return bool(len(labels)) and bool((labels >= 0).all())
+
+
+def test_split_is_stratified_and_bad_label_sets_are_explained():
+    cfg = TrainConfig(data="x", val_frac=0.25)
+    train, val = split_train_val(LabelStore([0] * 60 + [1] * 40), cfg)
+    assert len(val) == 25 and (LabelStore([0] * 60 + [1] * 40).labels[val] == 1).sum() == 10
+    assert not set(train) & set(val)
+    with pytest.raises(ValueError, match="no training labels"):
+        split_train_val(LabelStore([-1] * 10), cfg)
+    with pytest.raises(ValueError, match="only one class"):
+        split_train_val(LabelStore([1] * 50), cfg)
+    with pytest.raises(ValueError, match="too little data"):
+        split_train_val(LabelStore([0] * 50 + [1]), cfg)
+    store = LabelStore([0, 1] * 10 + [0, 1] * 3, ["train"] * 20 + ["valid"] * 6)
+    train, val = split_train_val(store, cfg)
+    assert list(val) == list(range(20, 26))
+
+
+def test_bad_options_fail_before_training(demo_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'nope'.*base_cnn"):
+        run_all(TrainConfig(data=str(demo_dir), model="nope", out=str(tmp_path / "a")))
+    assert json.loads((tmp_path / "a" / "status.json").read_text())["state"] == "failed"
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(data="x", schedule="step").validate()
+    with pytest.raises(ValueError, match="crop"):
+        TrainConfig(data="x", crop=100).validate()
+    with pytest.raises(FileNotFoundError, match="no last.pt"):
+        run_all(TrainConfig(resume=str(tmp_path / "a")))
+
+
+def test_lr_schedules():
+    one = [lr_factor(s, 100, "onecycle", 0.1) for s in range(100)]
+    assert one[0] == pytest.approx(0.1) and max(one) == pytest.approx(1) and one[-1] < 0.01
+    cos = [lr_factor(s, 100, "cosine", 0.1) for s in range(100)]
+    assert cos[0] == 1 and all(a >= b for a, b in zip(cos, cos[1:], strict=False))
