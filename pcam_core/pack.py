@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,6 +257,21 @@ def pool_context() -> mp.context.BaseContext:
     return ctx
 
 
+@contextmanager
+def _main_script_hidden():
+    """A forkserver worker re-runs the parent's main script before it takes work (Python does so in case
+    the work was defined there). Ours lives in this module, and the main script may be a Streamlit page
+    run by AppTest, or any unguarded script, which must not run again in a decode worker: hide it
+    while the pool starts its workers."""
+    main = sys.modules["__main__"]
+    path = main.__dict__.pop("__file__", None)
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
+
+
 def remove_stale_builds(cache: Path) -> None:
     """Removes the temporary folders of packs whose process died (killed, power cut) before finishing."""
     for folder in [*cache.glob("pack.tmp-*"), *cache.glob("pack.old-*")]:
@@ -293,7 +309,7 @@ def pack_files(
         stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
         workers = min(len(jobs), os.cpu_count() or 1)
         done = 0
-        with pool_context().Pool(workers) as pool:
+        with _main_script_hidden(), pool_context().Pool(workers) as pool:
             for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
                 ok[s : s + len(chunk_ok)] = chunk_ok
                 reasons[s : s + len(chunk_ok)] = chunk_reasons

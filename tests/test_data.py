@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -180,17 +181,23 @@ def test_killed_pack_process_is_rebuilt_on_next_open(demo_dir, tmp_path):
 
 def test_pack_from_a_threaded_process_does_not_hang(demo_dir, tmp_path):
     """The app server runs many threads and the train job has torch loaded; forking either can
-    deadlock a worker, so pack must use a fresh worker process there. Run in a subprocess with a
-    deadline so a hang fails the test instead of stalling the suite."""
+    deadlock a worker, so pack starts fresh workers there, and those must not re-run the caller's
+    script (here an unguarded one, as AppTest runs a page). Run with a deadline so a hang fails."""
     data = kaggle_copy(demo_dir, tmp_path, n=50)
-    code = (
-        "import sys, threading, time; import torch; torch.ones(512, 512) @ torch.ones(512, 512); "
-        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); "
-        "from pcam_core.pack import pool_context; assert pool_context().get_start_method() == 'forkserver'; "
-        "from pcam_core.data import open_dataset; print(len(open_dataset(sys.argv[1])))"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys, threading, time\n"
+        "import torch\n"
+        "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "from pcam_core.pack import pool_context\n"
+        "assert pool_context().get_start_method() == 'forkserver'\n"
+        "from pcam_core.data import open_dataset\n"
+        f"print(len(open_dataset({str(data)!r})))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True,
-                          timeout=120)
+    repo = str(Path(__file__).parents[1])
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          cwd=repo,
+                          env={**os.environ, "PYTHONPATH": repo})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "110"
 
