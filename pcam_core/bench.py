@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,12 +47,14 @@ def machine() -> str:
     except OSError:
         pass
     text = f"{cpu}, {os.cpu_count()} cores"
+    # nvidia-smi rather than torch: importing torch here would make the data section's pack start its
+    # workers the slow, thread-safe way (see pack.pool_context) and measure that instead.
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            text += f", GPU {torch.cuda.get_device_name(0)}"
-    except ImportError:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        gpus = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout.split("\n")[0].strip()
+        if gpus:
+            text += f", GPU {gpus}"
+    except (OSError, subprocess.TimeoutExpired):
         pass
     return text
 
