@@ -225,13 +225,18 @@ def store_batches(store, indices: np.ndarray, normalization: dict, batch: int, d
         yield augment_batch(x, normalization, 96, 0.05, gen), labels[pick].to(device)
 
 
-def pil_loader(files: list[Path], labels: np.ndarray, normalization: dict, batch: int):
-    """The notebook's pipeline shape: a DataLoader (1 worker) decoding and augmenting one image at a time."""
+def per_image_dataset(files: list[Path], normalization: dict, labels: np.ndarray | None = None,
+                      augment: bool = False):
+    """The notebook's pipeline shape as a Dataset: one PIL decode (and, to train, one augmentation) per image.
+
+    Items are a (3, 96, 96) float tensor, with its float label when `labels` is given.
+    """
     import torch
     from PIL import Image
 
     mean = np.asarray(normalization["mean"], np.float32)
     std = np.asarray(normalization["std"], np.float32)
+    flips = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE)
 
     class PerImage(torch.utils.data.Dataset):
         def __len__(self):
@@ -239,14 +244,25 @@ def pil_loader(files: list[Path], labels: np.ndarray, normalization: dict, batch
 
         def __getitem__(self, i):
             img = Image.open(files[i]).convert("RGB")
-            for op in (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM,
-                       Image.Transpose.TRANSPOSE):
-                if np.random.rand() < 0.5:
-                    img = img.transpose(op)
-            x = (np.asarray(img, np.float32) / 255 * np.random.uniform(0.95, 1.05, 3) - mean) / std
-            return torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32)), np.float32(labels[i])
+            gain = 1.0
+            if augment:
+                for op in flips:
+                    if np.random.rand() < 0.5:
+                        img = img.transpose(op)
+                gain = np.random.uniform(0.95, 1.05, 3)
+            x = (np.asarray(img, np.float32) / 255 * gain - mean) / std
+            x = torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))
+            return x if labels is None else (x, np.float32(labels[i]))
 
-    loader = torch.utils.data.DataLoader(PerImage(), batch_size=batch, shuffle=True, num_workers=1,
+    return PerImage()
+
+
+def pil_loader(files: list[Path], labels: np.ndarray, normalization: dict, batch: int):
+    """The notebook's training pipeline: a DataLoader (1 worker) over `per_image_dataset`, augmenting."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(per_image_dataset(files, normalization, labels, augment=True),
+                                         batch_size=batch, shuffle=True, num_workers=1,
                                          drop_last=True, persistent_workers=True)
     while True:
         yield from loader
@@ -312,22 +328,11 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
 def pil_predict(model, files: list[Path], normalization: dict, device, batch: int = 64) -> int:
     """One pass of the notebook's predict shape: a DataLoader (1 worker) decoding one image at a time."""
     import torch
-    from PIL import Image
-
-    mean = np.asarray(normalization["mean"], np.float32)
-    std = np.asarray(normalization["std"], np.float32)
-
-    class PerImage(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(files)
-
-        def __getitem__(self, i):
-            x = (np.asarray(Image.open(files[i]).convert("RGB"), np.float32) / 255 - mean) / std
-            return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
     model = model.to(device)
     with torch.inference_mode():
-        for x in torch.utils.data.DataLoader(PerImage(), batch_size=batch, num_workers=1):
+        for x in torch.utils.data.DataLoader(per_image_dataset(files, normalization), batch_size=batch,
+                                             num_workers=1):
             torch.sigmoid(model(x.to(device))).cpu()
     return len(files)
 
