@@ -96,7 +96,8 @@ def _target_layer(model: nn.Module, layer: str | None, crop: int) -> nn.Module:
 
 
 def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: str = "gradcam",
-                    layer: str | None = None, target: str = "tumour", batch_size: int = 32) -> np.ndarray:
+                    layer: str | None = None, target: str = "tumour",
+                    batch_size: int | None = None) -> np.ndarray:
     """CAM maps for uint8 patches with an already loaded model.
 
     Args:
@@ -106,7 +107,7 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
         method: a key of METHODS.
         layer: a name from `layer_names(model)`; None picks the architecture's default.
         target: "tumour" explains the logit, "normal" its negation.
-        batch_size: patches per CAM pass.
+        batch_size: patches per CAM pass (default: 32 on CPU, 256 on CUDA).
 
     Returns:
         (N, 96, 96) float32 maps in [0, 1]; a model trained on a centre crop gets zeros outside it.
@@ -127,7 +128,7 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
     sign = 1 if target == "tumour" else -1
     # ScoreCAM scores every channel of the layer on a masked copy of the input: one patch per pass keeps
     # that (channels x 3 x 96 x 96) tensor small; the masked copies themselves go 128 per forward pass
-    step = 1 if method == "scorecam" else batch_size
+    step = 1 if method == "scorecam" else batch_size or (256 if device.type == "cuda" else 32)
     with torch.enable_grad(), METHODS[method](model=model, target_layers=[target_layer]) as cam:
         if method == "scorecam":
             cam.batch_size = 128
@@ -148,7 +149,7 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
 
 
 def compute_cams(checkpoint_or_model, store, indices, method: str = "gradcam", layer: str | None = None,
-                 target: str = "tumour", device: str = "auto", batch_size: int = 32) -> np.ndarray:
+                 target: str = "tumour", device: str = "auto", batch_size: int | None = None) -> np.ndarray:
     """CAM maps for patches `indices` of `store`.
 
     Args:

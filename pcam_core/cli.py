@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class _Bar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True,
+                            disable=_rank() > 0)
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
@@ -70,7 +72,6 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import os
     import signal
     import threading
 
@@ -152,8 +153,6 @@ def _add_train_parser(sub) -> None:
 
 def _writable_file(path: Path) -> Path:
     """Fails before any long work when `path` cannot be written (creates its folder)."""
-    import os
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -174,6 +173,25 @@ def _open_store(data: Path):
         bar.close()
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints results and writes files."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _open_store_ranked(args: argparse.Namespace):
+    """`_open_store`, except under torchrun: rank 0 packs the data while the other ranks wait, then they
+    open the cache it wrote (several ranks packing one folder at once would each do all the work)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _open_store(args.data)
+    from pcam_core.data import open_dataset
+    from pcam_core.distributed import Distributed
+
+    ctx = Distributed(args.device)
+    store = _open_store(args.data) if ctx.main else None
+    ctx.barrier()
+    return store or open_dataset(args.data)
+
+
 def _predictions(args: argparse.Namespace, store, split: str):
     from pcam_core.infer import predictions_table
 
@@ -187,8 +205,10 @@ def _predictions(args: argparse.Namespace, store, split: str):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     out = _writable_file(args.out)
-    store = _open_store(args.data)
+    store = _open_store_ranked(args)
     table = _predictions(args, store, args.split)
+    if _rank():
+        return 0
     table[["id", "prob"]].to_csv(out, index=False, float_format="%.8g")
     print(f"wrote {len(table):,} {args.split} predictions (TTA {args.tta}, mean spread "
           f"{table['spread'].mean():.4f}) to {out}")
@@ -201,7 +221,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pcam_core import metrics
 
     out = _writable_file(args.out) if args.out else None
-    store = _open_store(args.data)
+    store = _open_store_ranked(args)
     split = args.split
     if split is None:
         from pcam_core.infer import holdout_indices
@@ -211,11 +231,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             split = "holdout"
         except ValueError as e:
             split = "valid" if "valid" in store.split_names() else "train"
-            print(f"note: {e}; evaluating on the {split} split, which may include training patches")
+            if not _rank():
+                print(f"note: {e}; evaluating on the {split} split, which may include training patches")
     if split != "holdout" and not store.has_labels(split):
         raise ValueError(f"the {split} patches of {store.root} are not all labelled; evaluate needs labels "
                          f"(splits here: {', '.join(store.split_names())}; the Kaggle test part has none)")
     table = _predictions(args, store, split)
+    if _rank():
+        return 0
     y, p = table["label"].to_numpy(), table["prob"].to_numpy()
     s = metrics.summary(y, p, threshold=args.threshold)
     print(f"{split}: {s['n']:,} patches ({s['n_positive']:,} tumour), TTA {args.tta}")
@@ -240,9 +263,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from pcam_core.submission import expected_ids, validate_submission, write_submission
 
     out = _writable_file(args.out)
-    store = _open_store(args.data)
+    store = _open_store_ranked(args)
     expected_ids(store)  # no test part: fail before predicting
-    table = write_submission(_predictions(args, store, "test"), store, out)
+    table = _predictions(args, store, "test")
+    if _rank():
+        return 0
+    table = write_submission(table, store, out)
     problems = validate_submission(out, store)
     if problems:
         raise ValueError(f"{out} was written but does not validate: " + "; ".join(problems))
@@ -251,8 +277,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    import os
-
     import numpy as np
     import pandas as pd
     from PIL import Image
@@ -299,7 +323,8 @@ def _add_inference_parsers(sub) -> None:
         s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         if several:
             s.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8), help="dihedral views averaged")
-            s.add_argument("--batch-size", type=int, default=512)
+            s.add_argument("--batch-size", type=int, help="patches per forward pass (default: 512 on CPU, "
+                                                            "2048 on CUDA)")
             s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                            help="auto: bf16 autocast on CUDA and on CPUs with AMX")
 

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pcam_core.distributed import Distributed
 from pcam_core.models import checkpoint_file, load_checkpoint, read_checkpoint, resolve_device
 from pcam_core.transforms import dihedral, to_model_input
 
@@ -68,6 +69,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Patches per forward pass: 512 fills 2 CPU cores' caches; a GPU needs thousands to stay busy."""
+    return 2048 if device.type == "cuda" else 512
+
+
 def _view_indices(tta: int) -> tuple[int, ...]:
     """The dihedral transforms (`transforms.dihedral` numbering) averaged for `tta` views.
 
@@ -80,8 +86,9 @@ def _view_indices(tta: int) -> tuple[int, ...]:
 
 
 @torch.inference_mode()
-def predict(checkpoints, store, indices=None, tta: int = 1, device: str = "auto", batch_size: int = 512,
-            precision: str = "auto", progress: Progress | None = None) -> dict[str, np.ndarray]:
+def predict(checkpoints, store, indices=None, tta: int = 1, device: str | torch.device = "auto",
+            batch_size: int | None = None, precision: str = "auto",
+            progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Tumour probabilities for patches of `store`, averaged over TTA views and over checkpoints.
 
     Args:
@@ -90,8 +97,8 @@ def predict(checkpoints, store, indices=None, tta: int = 1, device: str = "auto"
         store: the PatchStore to read.
         indices: store indices to predict (default: every patch), in the order wanted.
         tta: dihedral views averaged per patch: 1, 2, 4 or 8.
-        device: "auto", "cpu" or "cuda".
-        batch_size: patches per forward pass.
+        device: "auto", "cpu", "cuda" or a torch.device.
+        batch_size: patches per forward pass (default: 512 on CPU, 2048 on CUDA).
         precision: "auto" (bf16 autocast on CUDA and on CPUs with AMX), "bf16" or "fp32".
         progress: called as progress(done, total) after each batch.
 
@@ -100,9 +107,10 @@ def predict(checkpoints, store, indices=None, tta: int = 1, device: str = "auto"
         0 for tta=1) and "views" (N, tta) float32 (the probability per view, ensemble-averaged).
     """
     views = _view_indices(tta)
+    dev = resolve_device(device)
+    batch_size = batch_size or default_batch_size(dev)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    dev = resolve_device(device)
     dtype = autocast_dtype(precision, dev)
     models = load_models(checkpoints, dev)
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -175,13 +183,14 @@ def _cache_key(checkpoints, store, split: str, tta: int, precision: str) -> str:
 
 
 def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str = "auto",
-                      batch_size: int = 512, precision: str = "auto",
+                      batch_size: int | None = None, precision: str = "auto",
                       progress: Progress | None = None) -> pd.DataFrame:
     """Predictions for one split as a table, read from the on-disk cache when already computed.
 
     The cache (store.cache_dir/predictions) is keyed by each checkpoint file's path, mtime and size, the
     data fingerprint, the split, `tta` and the precision used (bf16 or fp32, whatever the device); a
-    retrained checkpoint or changed data predicts afresh.
+    retrained checkpoint or changed data predicts afresh. Under torchrun each rank predicts its shard on
+    its own device, every rank gets the whole table back, and rank 0 alone writes the cache.
 
     Args:
         split: "train", "valid", "test", or "holdout" (the patches the checkpoints' training runs held out
@@ -198,10 +207,14 @@ def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str 
     if path.is_file():
         log.debug("predictions from cache %s", path)
         return pd.read_parquet(path)
-    result = predict(checkpoints, store, indices, tta=tta, device=device, batch_size=batch_size,
-                     precision=precision, progress=progress)
+    ctx = Distributed(device)  # under torchrun each rank predicts every world-th patch on its own device
+    result = predict(checkpoints, store, ctx.shard(indices), tta=tta, device=ctx.device,
+                     batch_size=batch_size, precision=precision, progress=progress)
+    result = {k: ctx.unshard([part[k] for part in ctx.gather(result)]) for k in ("prob", "spread")}
     table = pd.DataFrame({"id": store.ids[indices], "index": indices, "prob": result["prob"],
                           "spread": result["spread"], "label": store.labels[indices]})
+    if not ctx.main:
+        return table
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

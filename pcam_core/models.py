@@ -213,13 +213,15 @@ def cam_target_layer(model: nn.Module) -> nn.Module:
     return convs[-1]
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """"auto" picks CUDA when present; "cuda" without a GPU is an error."""
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """"auto" picks CUDA when present; "cuda" (or "cuda:N") without a GPU is an error."""
+    if isinstance(spec, torch.device):
+        return spec
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cuda" and not torch.cuda.is_available():
+    if spec.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
-    if spec not in ("cpu", "cuda"):
+    if spec not in ("cpu", "cuda") and not (spec.startswith("cuda:") and spec[5:].isdigit()):
         raise ValueError(f"device {spec!r} is not one of auto, cpu, cuda")
     return torch.device(spec)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,19 +22,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from pcam_core.config import TrainConfig
 from pcam_core.data import PatchStore, open_dataset
+from pcam_core.distributed import Distributed
 from pcam_core.models import (
     create_model,
     head_module,
     model_args_for,
     normalization_for,
     read_checkpoint,
-    resolve_device,
 )
 from pcam_core.runs import RunFolder
 from pcam_core.transforms import augment_batch, to_model_input
@@ -82,52 +80,6 @@ def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
                                       cfg.schedule, cfg.warmup_frac)
 
 
-class _Distributed:
-    """Rank and world from torchrun's environment; a single process otherwise."""
-
-    def __init__(self, device_spec: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(device_spec)
-        if self.device.type == "cuda":
-            self.device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def same(self, value):
-        """Rank 0's value of a picklable object, on every rank."""
-        if self.world == 1:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank when any rank's flag is set (so all ranks stop at the same step)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
-
-    def gather(self, array: np.ndarray) -> list[np.ndarray]:
-        if self.world == 1:
-            return [array]
-        out = [None] * self.world
-        dist.all_gather_object(out, array)
-        return out
-
-    def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 class _Patches:
     """The uint8 training patches: resident on the device when they fit, else read per batch."""
 
@@ -145,10 +97,11 @@ class _Patches:
         log.info("training set: %d patches, %s", len(indices),
                  "resident" if self.resident is not None else "streamed")
 
-    def batch(self, positions: np.ndarray) -> torch.Tensor:
-        """(B, 96, 96, 3) uint8 on the device for positions into the training indices."""
+    def batch(self, positions: np.ndarray, on_device: torch.Tensor) -> torch.Tensor:
+        """(B, 96, 96, 3) uint8 on the device for positions into the training indices (also given as a
+        tensor on the device, so a resident set is gathered without a host-to-device copy per step)."""
         if self.resident is not None:
-            return self.resident[torch.from_numpy(positions).to(self.device)]
+            return self.resident[on_device]
         x = torch.from_numpy(self.store.batch(self.indices[positions]))
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
 
@@ -212,7 +165,7 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
     """
     cfg.validate()
     cfg, state = _resolve_resume(cfg)
-    ctx = _Distributed(cfg.device)
+    ctx = Distributed(cfg.device)
     run = RunFolder(Path(ctx.same(str(cfg.run_dir()))), write=ctx.main)
     try:
         yield from _fit(cfg, state, ctx, run, stop or threading.Event())
@@ -231,7 +184,7 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
         ctx.close()
 
 
-def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder,
+def _fit(cfg: TrainConfig, state: dict | None, ctx: Distributed, run: RunFolder,
          stop: threading.Event) -> Iterator[dict]:
     device = ctx.device
     if cfg.threads:
@@ -251,7 +204,11 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
     normalization = normalization_for(model)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel for the whole update on CUDA instead of several per parameter tensor
+    optimizer = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     for g in optimizer.param_groups:
         g["weight_decay"] = cfg.weight_decay if g["weight_decay_on"] else 0.0
     ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay else None
@@ -299,6 +256,10 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
             if cfg.compile:
                 wrapped = torch.compile(wrapped)
         order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))
+        # every step's batch positions, sorted (memmap reads in file order), and one copy on the device
+        order = order[:steps_per_epoch * ctx.world * batch].reshape(steps_per_epoch, ctx.world, batch)
+        order = np.sort(order, axis=-1)
+        order_on_device = torch.from_numpy(order).to(device)
         model.train()
         if head_only:
             for m in backbone_norms:
@@ -308,12 +269,11 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
             lr = scheduled_lr(cfg, step, steps_per_epoch)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            first = (s * ctx.world + ctx.rank) * batch
-            positions = np.sort(order[first:first + batch])
+            positions, positions_on_device = order[s, ctx.rank], order_on_device[s, ctx.rank]
             seed = (cfg.seed * 1_000_003 + step) * 64 + ctx.rank
             torch.manual_seed(seed)  # dropout
             generator.manual_seed(seed)  # augmentation
-            x = patches.batch(positions)  # (B, 96, 96, 3) uint8
+            x = patches.batch(positions, positions_on_device)  # (B, 96, 96, 3) uint8
             if cfg.augment:
                 inputs = augment_batch(x, normalization, cfg.crop, cfg.jitter, generator)
             else:
@@ -321,19 +281,22 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
             inputs = inputs.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 logits = wrapped(inputs).float().reshape(-1)
-            loss = F.binary_cross_entropy_with_logits(logits, labels[torch.from_numpy(positions).to(device)])
+            loss = F.binary_cross_entropy_with_logits(logits, labels[positions_on_device])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update(model, step)
             step += 1
-            losses.append(loss.item())
+            # Reading a loss waits for its step to finish. On a GPU, read the one before: by now it is done,
+            # and the device keeps one step queued instead of idling while Python prepares the next.
+            losses.append(loss.detach())
+            shown = losses[-2 if device.type == "cuda" and len(losses) > 1 else -1].item()
             seen += len(positions) * ctx.world
             rate = seen / (time.perf_counter() - started)
-            run.progress(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, loss=losses[-1], lr=lr)
+            run.progress(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, loss=shown, lr=lr)
             yield {"type": "step", "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-                   "loss": losses[-1], "lr": lr, "img_per_s": rate}
+                   "loss": shown, "lr": lr, "img_per_s": rate}
             if ctx.any(stop.is_set()):
                 path = run.checkpoint("last.pt", _resume_state(ckpt_meta, model, optimizer, ema, epoch, step,
                                                                best_auc, bad_epochs, {}))
@@ -344,7 +307,8 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
 
         if ema is not None:
             eval_model.load_state_dict(ema.state)
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+        train_loss = torch.stack(losses).float().mean().item() if losses else float("nan")
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss,
                    **_validate(eval_model, store, val_idx, normalization, cfg, ctx), "lr": lr,
                    "seconds": time.perf_counter() - started}
         improved = metrics["val_auc"] > best_auc
@@ -369,14 +333,12 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: _Distributed, run: RunFolder
 
 
 def _validate(model: nn.Module, store: PatchStore, val_idx: np.ndarray, normalization: dict,
-              cfg: TrainConfig, ctx: _Distributed) -> dict:
+              cfg: TrainConfig, ctx: Distributed) -> dict:
     """val_loss and val_auc over all of val_idx; under torchrun each rank predicts a shard."""
-    shard = val_idx[ctx.rank::ctx.world]
-    shard_prob = evaluate(model, store, shard, normalization, cfg.crop, str(ctx.device), cfg.val_tta,
+    shard = ctx.shard(val_idx)
+    shard_prob = evaluate(model, store, shard, normalization, cfg.crop, ctx.device, cfg.val_tta,
                           cfg.precision)["prob"] if len(shard) else np.empty(0, np.float32)
-    prob = np.empty(len(val_idx), np.float32)
-    for r, part in enumerate(ctx.gather(shard_prob)):
-        prob[r::ctx.world] = part
+    prob = ctx.unshard(ctx.gather(shard_prob))
     return scores(store.labels[val_idx], prob)
 
 

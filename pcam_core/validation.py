@@ -63,15 +63,14 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
 
 
 def evaluate(model: nn.Module, store: PatchStore, indices: np.ndarray, normalization: dict, crop: int = 96,
-             device: str = "cpu", tta: int = 1, precision: str = "auto") -> dict:
+             device: str | torch.device = "cpu", tta: int = 1, precision: str = "auto") -> dict:
     """Validation loss and AUC of `model` on `indices`, with optional dihedral TTA (1, 2, 4 or 8 views).
 
     Returns:
         dict with val_loss, val_auc (NaN with a single class) and prob (N,) float32.
     """
     ckpt = {"normalization": normalization, "config": {"crop": crop}}
-    prob = predict((model, ckpt), store, indices, tta=tta, device=device, batch_size=256,
-                   precision=precision)["prob"]
+    prob = predict((model, ckpt), store, indices, tta=tta, device=device, precision=precision)["prob"]
     return {**scores(store.labels[indices], prob), "prob": prob}
 
 

@@ -200,3 +200,28 @@ def test_cli_bad_input_gives_one_line(demo_dir, ckpt, tmp_path, capsys):
         code, out, err = run_cli(capsys, *argv)
         lines = [line for line in err.splitlines() if line.startswith("error")]  # progress bars aside
         assert code == 2 and len(lines) == 1 and message in lines[0], (argv, err)
+
+
+@pytest.mark.slow
+def test_torchrun_predict_shards_and_rank_0_writes_the_same_table(demo_dir, ckpt, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "p.csv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pcam_core", "predict", "--checkpoint", str(ckpt), "--data", str(demo_dir),
+           "--split", "train", "--precision", "fp32", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1",
+           "PCAM_CACHE_DIR": str(tmp_path / "cache")}  # a cold cache: rank 0 packs while rank 1 waits
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote 600 train predictions") == 1  # rank 0 alone writes
+    store = open_dataset(demo_dir)
+    alone = infer.predict(ckpt, store, store.split_indices("train"), precision="fp32")["prob"]
+    table = pd.read_csv(out)
+    assert table["id"].tolist() == store.ids[store.split_indices("train")].tolist()
+    np.testing.assert_allclose(table["prob"].to_numpy(), alone, atol=1e-5)
