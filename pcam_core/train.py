@@ -207,8 +207,8 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: Distributed, run: RunFolder,
     # fused: one kernel for the whole update on CUDA instead of several per parameter tensor
     optimizer = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    # cudnn.benchmark stays off: on an H100 its search added 20 s to the first step and 3 s to the first
+    # validation batch, to gain 3-6% per step afterwards (BENCHMARKS.md, GPU) - a loss for runs this short
     for g in optimizer.param_groups:
         g["weight_decay"] = cfg.weight_decay if g["weight_decay_on"] else 0.0
     ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay else None
