@@ -323,8 +323,8 @@ def _add_inference_parsers(sub) -> None:
         s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         if several:
             s.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8), help="dihedral views averaged")
-            s.add_argument("--batch-size", type=int, help="patches per forward pass (default: 512 on CPU, "
-                                                            "2048 on CUDA)")
+            s.add_argument("--batch-size", type=int,
+                           help="patches per forward pass (default: 2048 on CUDA, 32-64 on CPU by model)")
             s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                            help="auto: bf16 autocast on CUDA and on CPUs with AMX")
 
