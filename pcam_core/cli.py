@@ -187,9 +187,22 @@ def _open_store_ranked(args: argparse.Namespace):
     from pcam_core.distributed import Distributed
 
     ctx = Distributed(args.device)
-    store = _open_store(args.data) if ctx.main else None
-    ctx.barrier()
+    store, failure = None, None
+    if ctx.main:
+        try:
+            store = _open_store(args.data)
+        except (ValueError, OSError) as e:
+            failure = e
+    message = ctx.same(str(failure) if failure else None)  # also the barrier the other ranks wait at
+    if failure:
+        raise failure
+    if message:
+        raise _ReportedByRankZero(message)
     return store or open_dataset(args.data)
+
+
+class _ReportedByRankZero(ValueError):
+    """An error rank 0 has already printed; the other ranks exit without repeating it."""
 
 
 def _predictions(args: argparse.Namespace, store, split: str):
@@ -407,10 +420,18 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
+    except _ReportedByRankZero:
+        return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error{f' (rank {_rank()})' if _rank() else ''}: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch" in sys.modules:  # under torchrun: leave the process group cleanly
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()

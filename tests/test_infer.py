@@ -225,3 +225,10 @@ def test_torchrun_predict_shards_and_rank_0_writes_the_same_table(demo_dir, ckpt
     table = pd.read_csv(out)
     assert table["id"].tolist() == store.ids[store.split_indices("train")].tolist()
     np.testing.assert_allclose(table["prob"].to_numpy(), alone, atol=1e-5)
+
+    cmd[cmd.index(str(demo_dir))] = str(tmp_path / "absent")  # bad input: rank 0 says so once, all ranks stop
+    result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(ours) == 1 and "does not exist" in ours[0], result.stderr[-3000:]
+    assert "[rank1]" not in result.stderr  # no traceback from the rank that waited for rank 0
