@@ -12,6 +12,9 @@ import streamlit as st
 from app import ui
 
 PLOT = {"displaylogo": False}
+# legend in a row above the plot, on the left: plotly's toolbar takes the top right corner
+LEGEND = dict(legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0),
+              margin=dict(t=40, b=10))
 
 ui.header("Explore", "How the patches look by class, from the per-patch statistics computed at packing. "
                      "Look for stain batches, blank background tiles and class imbalance before training.")
@@ -30,8 +33,7 @@ balance = (chosen.groupby(["split", "label"]).size().rename("patches").reset_ind
 fig = go.Figure([go.Bar(x=part["split"], y=part["patches"], name=label, marker_color=ui.LABEL_COLOURS[label],
                         text=part["patches"], textposition="outside")
                  for label, part in balance.groupby("label")])
-fig.update_layout(barmode="group", height=300, margin=dict(t=10, b=10), yaxis_title="patches",
-                  legend_title_text="label")
+fig.update_layout(barmode="group", height=300, yaxis_title="patches", **LEGEND)
 st.plotly_chart(fig, key="eda_balance", config=PLOT)
 
 left, right = st.columns(2)
@@ -44,8 +46,8 @@ with left:
                             marker_color=ui.LABEL_COLOURS[label],
                             width=(part["right"] - part["left"]).iloc[0])
                      for label, part in hist.groupby("label")])
-    fig.update_layout(barmode="overlay", height=360, margin=dict(t=10, b=10), yaxis_title="share of class",
-                      xaxis_title=ui.STAT_NAMES[column])
+    fig.update_layout(barmode="overlay", height=360, yaxis_title="share of class",
+                      xaxis_title=ui.STAT_NAMES[column], **LEGEND)
     st.plotly_chart(fig, key="eda_hist", config=PLOT)
 with right:
     st.subheader("Stain colour")
@@ -53,8 +55,8 @@ with right:
     fig = go.Figure([go.Scattergl(x=part["mean_r"], y=part["mean_b"], mode="markers", name=label,
                                   marker=dict(size=3, opacity=0.5, color=ui.LABEL_COLOURS[label]))
                      for label, part in sample.groupby("label_name")])
-    fig.update_layout(height=420, margin=dict(t=10, b=10), xaxis_title="mean red (eosin)",
-                      yaxis_title="mean blue (haematoxylin)")
+    fig.update_layout(height=420, xaxis_title="mean red (eosin)", yaxis_title="mean blue (haematoxylin)",
+                      **LEGEND)
     st.plotly_chart(fig, key="eda_scatter", config=PLOT)
     if len(sample) < len(chosen):
         st.caption(f"A random {len(sample):,} of {len(chosen):,} patches.")
