@@ -183,8 +183,11 @@ def cam_layers(run: str, mtime: float) -> list[str]:
 def dataset_picker() -> tuple[PatchStore, str]:
     """Sidebar choice of dataset: the demo, the real sample when present, or a typed folder."""
     demo = Path(os.environ.get("PCAM_DATA", REPO / "data" / "demo"))
+    # `make run DATA=...` starts the app on the user's own folder: name it, not "demo" (a demo set has masks)
+    is_demo = (demo / "tumour_masks.npz").is_file() or not demo.is_dir()
+    start_label = DEMO_LABEL if is_demo else f"Started with: {demo.name}"
     sample = os.environ.get("PCAM_SAMPLE_DIR")
-    sources = [DEMO_LABEL] + ([SAMPLE_LABEL] if sample else []) + [FOLDER_LABEL]
+    sources = [start_label] + ([SAMPLE_LABEL] if sample else []) + [FOLDER_LABEL]
     source = st.sidebar.radio("Dataset", sources, key="dataset_source", persist_state="session")
     if source == FOLDER_LABEL:
         typed = st.sidebar.text_input("Folder", key="dataset_folder", persist_state="session",

@@ -51,3 +51,15 @@ def test_the_real_sample_is_offered_when_present(open_app, sample_dir, monkeypat
     assert not at.exception and not at.error
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Patches"].replace(",", "")) > 6000 and metrics["Layout"] == "kaggle"
+
+
+def test_the_start_up_folder_is_named_when_it_is_not_the_demo(open_app, monkeypatch, demo_dir, tmp_path):
+    own = tmp_path / "my-kaggle-download"  # `make run DATA=...`: the user's folder, no demo tumour masks
+    own.mkdir()
+    for name in ("train", "test", "train_labels.csv", "sample_submission.csv"):
+        (own / name).symlink_to(demo_dir / name)
+    monkeypatch.setenv("PCAM_DATA", str(own))
+    at = open_app()
+    assert not at.exception
+    assert at.sidebar.radio(key="dataset_source").value == "Started with: my-kaggle-download"
+    assert {m.label: m.value for m in at.metric}["Patches"] == "660"

@@ -43,8 +43,9 @@ def model_panel(rgb: np.ndarray, key: str, image_col, control_col) -> float | No
         cols = st.columns(2)
         cols[0].metric("P(tumour)", f"{views.mean():.3f}", help="Mean over the 8 flips and rotations.")
         cols[1].metric("Spread over views", f"{views.std():.3f}")
-        st.bar_chart(pd.DataFrame({"view": VIEW_NAMES, "P(tumour)": views}).set_index("view"), height=180,
-                     horizontal=True, x_label="P(tumour)", y_label="")
+        # 26 px a bar so all 8 view names show; the views in their own order, the original first
+        st.bar_chart(pd.DataFrame({"view": VIEW_NAMES, "P(tumour)": views}).set_index("view"), height=240,
+                     horizontal=True, sort=False, x_label="", y_label="P(tumour)")
         method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
                               help="gradcam is fast; scorecam is slow on CPU.")
         layers = ui.cam_layers(run, mtime)
