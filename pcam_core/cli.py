@@ -15,6 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+# failures a user can cause: `main` turns them into one line on stderr and exit status 2
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+
 
 class _Bar:
     """A tqdm bar driven by `progress(done, total)` callbacks from the library."""
@@ -173,8 +176,15 @@ def _open_store(data: Path):
         bar.close()
 
 
+class _ReportedByRankZero(ValueError):
+    """An error rank 0 has already printed; the other ranks exit without repeating it."""
+
+
 def _rank() -> int:
-    """This process's rank under torchrun (0 otherwise): only rank 0 prints results and writes files."""
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints results and writes files.
+
+    Read from the environment, not `distributed.Distributed`, so commands that never touch torch start fast.
+    """
     return int(os.environ.get("RANK", "0"))
 
 
@@ -191,7 +201,7 @@ def _open_store_ranked(args: argparse.Namespace):
     if ctx.main:
         try:
             store = _open_store(args.data)
-        except (ValueError, OSError) as e:
+        except USER_ERRORS as e:
             failure = e
     message = ctx.same(str(failure) if failure else None)  # also the barrier the other ranks wait at
     if failure:
@@ -199,10 +209,6 @@ def _open_store_ranked(args: argparse.Namespace):
     if message:
         raise _ReportedByRankZero(message)
     return store or open_dataset(args.data)
-
-
-class _ReportedByRankZero(ValueError):
-    """An error rank 0 has already printed; the other ranks exit without repeating it."""
 
 
 def _predictions(args: argparse.Namespace, store, split: str):
@@ -422,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except _ReportedByRankZero:
         return 2
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
+    except USER_ERRORS as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error{f' (rank {_rank()})' if _rank() else ''}: {msg}", file=sys.stderr)
         return 2

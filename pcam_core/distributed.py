@@ -69,10 +69,6 @@ class Distributed:
             out[r::self.world] = part
         return out
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()

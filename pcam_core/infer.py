@@ -83,6 +83,11 @@ def default_batch_size(device: torch.device, models: list[tuple[nn.Module, dict]
     return min((32 if isinstance(model, BaseCNN) else 64 for model, _ in models), default=64)
 
 
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch size must be a positive number of patches, got {batch_size}")
+
+
 def _view_indices(tta: int) -> tuple[int, ...]:
     """The dihedral transforms (`transforms.dihedral` numbering) averaged for `tta` views.
 
@@ -117,8 +122,7 @@ def predict(checkpoints, store, indices=None, tta: int = 1, device: str | torch.
     """
     views = _view_indices(tta)
     dev = resolve_device(device)
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    _check_batch_size(batch_size)
     dtype = autocast_dtype(precision, dev)
     models = load_models(checkpoints, dev)
     batch_size = batch_size or default_batch_size(dev, models)
@@ -209,6 +213,7 @@ def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str 
         DataFrame with columns id, index (store index), prob, spread, label (-1 where unknown).
     """
     _view_indices(tta)
+    _check_batch_size(batch_size)  # before the cache: a bad option fails even when nothing is predicted
     indices = holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
     dtype = autocast_dtype(precision, resolve_device(device))
     key = _cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")

@@ -195,6 +195,8 @@ def test_cli_bad_input_gives_one_line(demo_dir, ckpt, tmp_path, capsys):
         (["predict", "--checkpoint", tmp_path / "absent.pt", "--data", demo_dir, "--out", tmp_path / "p.csv"],
          "not found"),
         (["submit", "--checkpoint", ckpt, "--data", train_only, "--out", tmp_path / "s.csv"], "no test part"),
+        (["predict", "--checkpoint", ckpt, "--data", demo_dir, "--batch-size", "0",
+          "--out", tmp_path / "p.csv"], "batch size must be a positive number"),
     ]
     for argv, message in cases:
         code, out, err = run_cli(capsys, *argv)
