@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from pcam_core.data import CENTRE, PATCH
+from pcam_core.geometry import CENTRE, PATCH
 
 BOX_RGB = np.array([255, 220, 0], np.uint8)  # the centre-box colour: yellow reads on H&E pink and purple
 MAX_UPLOAD_BYTES = 5 * 2**20  # matches server.maxUploadSize; a 96x96 TIFF is 28 kB
@@ -52,16 +52,3 @@ def read_upload(data: bytes, name: str) -> np.ndarray:
                          "(larger images are centre-cropped)")
     top, left = (h - PATCH) // 2, (w - PATCH) // 2
     return np.ascontiguousarray(rgb[top:top + PATCH, left:left + PATCH])
-
-
-class ImageArray:
-    """Uploaded patches behind the part of the PatchStore interface that prediction reads."""
-
-    def __init__(self, images: np.ndarray):
-        self.images = images  # (N, 96, 96, 3) uint8
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def batch(self, indices) -> np.ndarray:
-        return self.images[np.asarray(indices, dtype=np.int64)]

@@ -10,7 +10,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pcam_core, when run from any folder
 
-from app import ui  # noqa: E402
+from app import sidebar  # noqa: E402
 
 st.set_page_config(page_title="PCam Review", page_icon=":material/biotech:", layout="wide")
 page = st.navigation({
@@ -28,5 +28,5 @@ page = st.navigation({
         st.Page("views/submit.py", title="Submit", icon=":material/upload_file:"),
     ],
 })
-ui.sidebar()
+sidebar.sidebar()
 page.run()

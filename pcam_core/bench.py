@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pcam_core.bench_baselines import pil_loader, pil_predict, tile_kaggle
+
 SECTIONS: dict[str, Callable] = {}
 
 
@@ -57,36 +59,6 @@ def machine() -> str:
     except (OSError, subprocess.TimeoutExpired):
         pass
     return text
-
-
-def tile_kaggle(src, out, n_train: int = 220_025, n_test: int = 57_458) -> Path:
-    """A Kaggle-layout folder of the competition's size made of symlinks to `src`'s patches, repeated.
-
-    Benchmarks use it to measure at full scale from the small real sample; each copy of a patch gets
-    its own id (`<id>_<k>`), so the store sees n_train + n_test distinct patches.
-    """
-    import pandas as pd
-
-    src, out = Path(src).resolve(), Path(out)
-    labels = pd.read_csv(src / "train_labels.csv", dtype={"id": str})
-    test_ids = sorted(p.stem for p in (src / "test").glob("*.tif")) or list(labels["id"])
-    test_src = "test" if (src / "test").is_dir() and any((src / "test").glob("*.tif")) else "train"
-    (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "test").mkdir(exist_ok=True)
-    rows = []
-    for i in range(n_train):
-        pid, label = labels["id"][i % len(labels)], labels["label"][i % len(labels)]
-        new = f"{pid}_{i // len(labels)}"
-        (out / "train" / f"{new}.tif").symlink_to(src / "train" / f"{pid}.tif")
-        rows.append((new, label))
-    pd.DataFrame(rows, columns=["id", "label"]).to_csv(out / "train_labels.csv", index=False)
-    new_test = []
-    for i in range(n_test):
-        pid = test_ids[i % len(test_ids)]
-        new_test.append(f"{pid}_{i // len(test_ids)}")
-        (out / "test" / f"{new_test[-1]}.tif").symlink_to(src / test_src / f"{pid}.tif")
-    pd.DataFrame({"id": new_test, "label": 0}).to_csv(out / "sample_submission.csv", index=False)
-    return out
 
 
 @section("data")
@@ -226,49 +198,6 @@ def store_batches(store, indices: np.ndarray, normalization: dict, batch: int, d
         yield augment_batch(x, normalization, 96, 0.05, gen), labels[pick].to(device)
 
 
-def per_image_dataset(files: list[Path], normalization: dict, labels: np.ndarray | None = None,
-                      augment: bool = False):
-    """The notebook's pipeline shape as a Dataset: one PIL decode (and, to train, one augmentation) per image.
-
-    Items are a (3, 96, 96) float tensor, with its float label when `labels` is given.
-    """
-    import torch
-    from PIL import Image
-
-    mean = np.asarray(normalization["mean"], np.float32)
-    std = np.asarray(normalization["std"], np.float32)
-    flips = (Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE)
-
-    class PerImage(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(files)
-
-        def __getitem__(self, i):
-            img = Image.open(files[i]).convert("RGB")
-            gain = 1.0
-            if augment:
-                for op in flips:
-                    if np.random.rand() < 0.5:
-                        img = img.transpose(op)
-                gain = np.random.uniform(0.95, 1.05, 3)
-            x = (np.asarray(img, np.float32) / 255 * gain - mean) / std
-            x = torch.from_numpy(x.transpose(2, 0, 1).astype(np.float32))
-            return x if labels is None else (x, np.float32(labels[i]))
-
-    return PerImage()
-
-
-def pil_loader(files: list[Path], labels: np.ndarray, normalization: dict, batch: int):
-    """The notebook's training pipeline: a DataLoader (1 worker) over `per_image_dataset`, augmenting."""
-    import torch
-
-    loader = torch.utils.data.DataLoader(per_image_dataset(files, normalization, labels, augment=True),
-                                         batch_size=batch, shuffle=True, num_workers=1,
-                                         drop_last=True, persistent_workers=True)
-    while True:
-        yield from loader
-
-
 @section("infer")
 def bench_infer(data_dir: Path, device: str) -> list[dict]:
     """Prediction patches/s for base_cnn and efficientnet_lite0 (TTA 1 and 8) from store batches, beside a
@@ -283,7 +212,7 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
 
     from pcam_core.data import dataset_files, open_dataset
     from pcam_core.infer import predict
-    from pcam_core.models import create_model, normalization_for, resolve_device, save_checkpoint
+    from pcam_core.models import Classifier, resolve_device
 
     dev = resolve_device(device)
     store = open_dataset(data_dir)
@@ -293,15 +222,15 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
     rows = []
     for name in ("base_cnn", "efficientnet_lite0"):
         torch.manual_seed(0)
-        model = create_model(name).eval()
-        norm = normalization_for(model)
+        classifier = Classifier.new(name)
+        norm = classifier.normalization
         base = None
         if files:
-            base = rate(partial(pil_predict, copy.deepcopy(model), files, norm, dev), window)
+            base = rate(partial(pil_predict, copy.deepcopy(classifier.module), files, norm, dev), window)
             rows.append({"what": f"{name}: DataLoader, PIL decode per image, fp32, TTA 1", "value": base,
                          "unit": "patches/s"})
         for tta, precision in ((1, "fp32"), (1, "auto"), (8, "auto")):
-            run = partial(predict, (model, {"normalization": norm}), store, indices[: len(indices) // tta],
+            run = partial(predict, [classifier], store, indices[: len(indices) // tta],
                           tta=tta, device=device, precision=precision)
             run()  # warm-up: oneDNN picks its kernels on the first call
             value = rate(lambda run=run: len(run()["prob"]), window)
@@ -313,11 +242,8 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             tiled = tile_kaggle(data_dir, Path(tmp) / "kaggle", n_train=0, n_test=57_458)
             for name, tta in runs:
-                model = create_model(name)
-                ckpt, out = Path(tmp) / f"{name}.pt", Path(tmp) / "submission.csv"
-                save_checkpoint({"state_dict": model.state_dict(), "model_name": name, "model_args": {},
-                                 "normalization": normalization_for(model), "config": {"crop": 96},
-                                 "epoch": 0, "metrics": {}}, ckpt)
+                ckpt = Classifier.new(name).save(Path(tmp) / f"{name}.pt")
+                out = Path(tmp) / "submission.csv"
                 command = [sys.executable, "-m", "pcam_core", "submit", "--checkpoint", str(ckpt),
                            "--data", str(tiled), "--device", device, "--tta", str(tta), "--out", str(out)]
                 start = time.perf_counter()
@@ -331,18 +257,6 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
     return rows
 
 
-def pil_predict(model, files: list[Path], normalization: dict, device, batch: int = 64) -> int:
-    """One pass of the notebook's predict shape: a DataLoader (1 worker) decoding one image at a time."""
-    import torch
-
-    model = model.to(device)
-    with torch.inference_mode():
-        for x in torch.utils.data.DataLoader(per_image_dataset(files, normalization), batch_size=batch,
-                                             num_workers=1):
-            torch.sigmoid(model(x.to(device))).cpu()
-    return len(files)
-
-
 @section("cam")
 def bench_cam(data_dir: Path, device: str) -> list[dict]:
     """CAM patches/s per method for base_cnn and efficientnet_lite0 at their default layers; on data with
@@ -354,7 +268,7 @@ def bench_cam(data_dir: Path, device: str) -> list[dict]:
 
     from pcam_core import cam
     from pcam_core.data import open_dataset
-    from pcam_core.models import create_model, normalization_for, resolve_device
+    from pcam_core.models import Classifier, resolve_device
 
     dev = resolve_device(device)
     store = open_dataset(data_dir)
@@ -362,11 +276,11 @@ def bench_cam(data_dir: Path, device: str) -> list[dict]:
     rows = []
     for name in ("base_cnn", "efficientnet_lite0"):
         torch.manual_seed(0)
-        model = create_model(name).to(dev).eval()
-        ckpt = {"normalization": normalization_for(model)}
+        classifier = Classifier.new(name)
+        classifier.module.to(dev).eval()
         for method in cam.METHODS:
             some = images[:4] if method == "scorecam" else images
-            run = partial(cam.cams_for_images, model, ckpt, some, method=method)
+            run = partial(cam.compute_cams, classifier, some, method=method)
             run()  # warm-up
             value = rate(lambda run=run: len(run()), 3.0)
             rows.append({"what": f"{name}: {method}", "value": value, "unit": "patches/s"})
@@ -379,7 +293,8 @@ def cam_quality(data_dir: Path, store, device: str) -> list[dict]:
     """Trains base_cnn for 3 epochs, then scores its CAMs on the held-out tumour patches against the masks."""
     from pcam_core import cam
     from pcam_core.config import TrainConfig
-    from pcam_core.infer import holdout_indices
+    from pcam_core.models import load
+    from pcam_core.splits import holdout_indices
     from pcam_core.train import fit
 
     rows = []
@@ -387,11 +302,12 @@ def cam_quality(data_dir: Path, store, device: str) -> list[dict]:
         for _ in fit(TrainConfig(data=str(data_dir), model="base_cnn", epochs=3, out=str(Path(tmp) / "run"),
                                  device=device)):
             pass
-        held = holdout_indices(Path(tmp) / "run", store)
+        held = holdout_indices([Path(tmp) / "run"], store)
         tumour = held[store.labels[held] == 1]
         masks = store.masks(tumour)
+        classifier = load(Path(tmp) / "run", device=device)
         for method in ("gradcam", "gradcam++", "layercam", "eigencam"):
-            maps = cam.compute_cams(Path(tmp) / "run", store, tumour, method=method, device=device)
+            maps = cam.compute_cams(classifier, store.batch(tumour), method=method)
             scores = cam.localisation(maps, masks)
             uniform = float(np.nanmean(scores["uniform_share"]))
             what = f"trained base_cnn, {method}, {len(tumour)} held-out tumour patches:"

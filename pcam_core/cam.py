@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from torch import nn
 
-from pcam_core.data import CENTRE, PATCH
-from pcam_core.models import cam_target_layer, load_checkpoint, resolve_device
+from pcam_core.geometry import CENTRE, PATCH
+from pcam_core.models import Classifier, cam_target_layer
 from pcam_core.transforms import to_model_input
 
 
@@ -95,17 +94,16 @@ def _target_layer(model: nn.Module, layer: str | None, crop: int) -> nn.Module:
     return model.get_submodule(layer)
 
 
-def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: str = "gradcam",
-                    layer: str | None = None, target: str = "tumour",
-                    batch_size: int | None = None) -> np.ndarray:
-    """CAM maps for uint8 patches with an already loaded model.
+def compute_cams(classifier: Classifier, images: np.ndarray, method: str = "gradcam",
+                 layer: str | None = None, target: str = "tumour",
+                 batch_size: int | None = None) -> np.ndarray:
+    """CAM maps for uint8 patches, on the device the classifier's module is on.
 
     Args:
-        model: the classifier (eval mode; its device is used).
-        ckpt: its checkpoint dict (normalisation and crop are read from it).
-        images: (N, 96, 96, 3) uint8.
+        classifier: a `models.Classifier` (its normalisation and crop are used).
+        images: (N, 96, 96, 3) uint8, e.g. `store.batch(indices)`.
         method: a key of METHODS.
-        layer: a name from `layer_names(model)`; None picks the architecture's default.
+        layer: a name from `layer_names(classifier.module)`; None picks the architecture's default.
         target: "tumour" explains the logit, "normal" its negation.
         batch_size: patches per CAM pass (default: 32 on CPU, 256 on CUDA).
 
@@ -119,9 +117,8 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
         raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
-    crop = ckpt.get("config", {}).get("crop", PATCH)
+    model, crop = classifier.module.eval(), classifier.crop
     device = next(model.parameters()).device
-    model.eval()
     target_layer = _target_layer(model, layer, crop)
     maps = np.zeros((len(images), PATCH, PATCH), dtype=np.float32)
     lo = (PATCH - crop) // 2
@@ -134,7 +131,7 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
             cam.batch_size = 128
         for start in range(0, len(images), step):
             x = to_model_input(torch.from_numpy(images[start:start + step]).to(device),
-                               ckpt["normalization"], crop=crop)
+                               classifier.normalization, crop=crop)
             targets = [LogitTarget(sign)] * len(x)
             # ScoreCAM draws a tqdm bar per patch on stderr; the library has no switch for it
             quiet = method == "scorecam"
@@ -146,31 +143,6 @@ def cams_for_images(model: nn.Module, ckpt: dict, images: np.ndarray, method: st
                 raise RuntimeError(f"{method} failed on layer {layer or 'default'}: {e}") from e
             maps[start:start + len(x), lo:lo + crop, lo:lo + crop] = out
     return maps
-
-
-def compute_cams(checkpoint_or_model, store, indices, method: str = "gradcam", layer: str | None = None,
-                 target: str = "tumour", device: str = "auto", batch_size: int | None = None) -> np.ndarray:
-    """CAM maps for patches `indices` of `store`.
-
-    Args:
-        checkpoint_or_model: a checkpoint path (file or run folder) or a (model, ckpt) pair from
-            `models.load_checkpoint`.
-        store: the PatchStore.
-        indices: store indices.
-        method, layer, target, batch_size: as in `cams_for_images`.
-        device: "auto", "cpu" or "cuda" (a loaded model is moved there).
-
-    Returns:
-        (N, 96, 96) float32 maps in [0, 1].
-    """
-    dev = resolve_device(device)
-    if isinstance(checkpoint_or_model, (str, Path)):
-        model, ckpt = load_checkpoint(checkpoint_or_model, device=dev)
-    else:
-        model, ckpt = checkpoint_or_model
-        model = model.to(dev)
-    return cams_for_images(model, ckpt, store.batch(indices), method=method, layer=layer, target=target,
-                           batch_size=batch_size)
 
 
 def centre_focus(cams: np.ndarray) -> np.ndarray:

@@ -6,19 +6,12 @@ The CLI builds it from flags, the train page from widgets; `fit` takes nothing e
 from __future__ import annotations
 
 import json
-import os
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 SCHEDULES = ("onecycle", "cosine")
 FINETUNE = ("full", "head", "head_then_full")
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def runs_dir() -> Path:
-    """Where run folders go by default: $PCAM_RUNS_DIR, else models/runs in the repository."""
-    return Path(os.environ.get("PCAM_RUNS_DIR") or Path(__file__).resolve().parents[1] / "models" / "runs")
 
 
 @dataclass
@@ -37,7 +30,7 @@ class TrainConfig:
         warmup_frac: share of the steps spent warming up under "onecycle".
         val_frac: stratified share held out for validation when the data has no valid split.
         val_ids: CSV with an `id` column naming the validation patches (overrides val_frac).
-        out: run folder; default runs_dir()/<model>-<time>.
+        out: run folder; default `runs.runs_dir()`/<model>-<time>.
         resume: run folder to continue exactly where it stopped (its saved config wins).
         device: "auto", "cpu" or "cuda".
         seed: seeds the split, the batch order, augmentation and initialisation.
@@ -117,14 +110,11 @@ class TrainConfig:
                              f"head_epochs={self.head_epochs} and epochs={self.epochs}")
         return self
 
-    def run_dir(self) -> Path:
-        """The run folder: `out` when given, else a new time-stamped folder under runs_dir()."""
-        if self.out:
-            return Path(self.out)
-        return runs_dir() / f"{self.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
     def field_help(cls) -> dict[str, str]:
@@ -145,12 +135,16 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: is this a run folder written by `pcam_core train`?")
-        return cls.from_dict(json.loads(path.read_text()))
+        try:
+            values = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); it is not a config.json written by "
+                             f"`train`") from e
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} holds a {type(values).__name__}, not a training config")
+        return cls.from_dict(values)

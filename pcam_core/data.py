@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pcam_core.geometry import CENTRE, PATCH
 from pcam_core.pack import (
     IMAGE_SUFFIXES,
     PackIndex,
@@ -26,12 +27,10 @@ from pcam_core.pack import (
     patch_stats,
     refresh_quick_key,
 )
+from pcam_core.pcam_h5 import open_pcam
+from pcam_core.store import PatchStore
 
 log = logging.getLogger(__name__)
-
-PATCH = 96
-CENTRE = slice(32, 64)
-SPLITS = ("train", "valid", "test")
 PCAM_PATTERN = re.compile(r"camelyonpatch_level_2_split_(train|valid|test)_([xy])\.h5$")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 Progress = Callable[[int, int], None]
@@ -42,133 +41,13 @@ __all__ = [
     "PatchStore",
     "dataset_files",
     "detect_layout",
+    "is_packed",
     "list_image_names",
     "open_dataset",
     "pack",
     "patch_stats",
     "read_labels_csv",
 ]
-
-
-class PatchStore:
-    """Random and batch access to the 96x96 RGB patches of one dataset, with labels, splits and stats.
-
-    Attributes:
-        root: the dataset folder.
-        layout: "kaggle", "pcam" or "folder".
-        ids: (N,) patch ids.
-        labels: (N,) int8, 1 tumour in the centre 32x32, 0 none, -1 unknown.
-        splits: (N,) "train", "valid" or "test".
-        fingerprint: changes whenever the data changes; key caches of derived results with it.
-        cache_dir: a writable folder for this dataset's caches.
-        skipped: bad files left out, with columns path and reason.
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        layout: str,
-        index: pd.DataFrame,
-        images,
-        fingerprint: str,
-        cache_dir: Path,
-        skipped: pd.DataFrame,
-        stats: pd.DataFrame | Callable[[], pd.DataFrame],
-    ):
-        self.root, self.layout = root, layout
-        self.ids = index["id"].to_numpy(dtype=str)
-        self.labels = index["label"].to_numpy(dtype=np.int8)
-        self.splits = index["split"].to_numpy(dtype=str)
-        self._rows = index["row"].to_numpy(dtype=np.int64)
-        self._images = images  # array-like over cache rows: images[rows] -> (n, 96, 96, 3) uint8
-        self.fingerprint, self.cache_dir, self.skipped = fingerprint, cache_dir, skipped
-        self._stats = stats
-        self._position: dict[str, int] | None = None
-        self._masks = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.batch([i])[0]
-
-    def batch(self, indices) -> np.ndarray:
-        """Patches at `indices`, in that order: (N, 96, 96, 3) uint8."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if len(indices) and (indices.min() < -len(self) or indices.max() >= len(self)):
-            raise IndexError(f"patch index out of range for a store of {len(self)} patches")
-        return self._images[self._rows[indices]]
-
-    @property
-    def stats(self) -> pd.DataFrame:
-        """One row per patch, in store order: id, split, label, channel means/stds, brightness,
-        saturation, tissue_frac and the blank flag."""
-        if callable(self._stats):
-            self._stats = self._stats()
-        return self._stats
-
-    def split_names(self) -> list[str]:
-        present = set(np.unique(self.splits))
-        return [s for s in SPLITS if s in present]
-
-    def split_indices(self, split: str) -> np.ndarray:
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; choose from {list(SPLITS)}")
-        found = np.flatnonzero(self.splits == split)
-        if not len(found):
-            raise ValueError(f"{self.root} has no {split} patches (it has: {', '.join(self.split_names())})")
-        return found
-
-    def has_labels(self, split: str | None = None) -> bool:
-        labels = self.labels if split is None else self.labels[self.splits == split]
-        return bool(len(labels)) and bool((labels >= 0).all())
-
-    def index_of(self, ids) -> np.ndarray:
-        """Store indices of `ids`; ValueError naming the ids this dataset does not have."""
-        if self._position is None:
-            self._position = {pid: i for i, pid in enumerate(self.ids)}
-        ids = [str(i) for i in np.atleast_1d(ids)]
-        missing = [i for i in ids if i not in self._position]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} id(s) not in {self.root}: {', '.join(missing[:5])}"
-                + (" ..." if len(missing) > 5 else "")
-            )
-        return np.array([self._position[i] for i in ids], dtype=np.int64)
-
-    def masks(self, indices) -> np.ndarray | None:
-        """Tumour masks (N, 96, 96) bool where the dataset ships them (the demo data), else None."""
-        path = self.root / "tumour_masks.npz"
-        if not path.is_file():
-            return None
-        if self._masks is None:
-            with np.load(path) as z:
-                self._masks = ({pid: i for i, pid in enumerate(z["ids"].astype(str))}, z["bits"])
-        position, bits = self._masks
-        rows = [position.get(pid, -1) for pid in self.ids[np.asarray(indices, dtype=np.int64)]]
-        if min(rows, default=0) < 0:
-            return None
-        return np.unpackbits(bits[rows], axis=1)[:, : PATCH * PATCH].reshape(-1, PATCH, PATCH).astype(bool)
-
-    def describe(self) -> str:
-        """The `info` summary: layout, counts per split and label, bad files, cache."""
-        lines = [f"dataset: {self.root}", f"layout: {self.layout}", f"patches: {len(self):,}"]
-        for split in self.split_names():
-            labels = self.labels[self.splits == split]
-            counts = f"{len(labels):,}"
-            if (labels >= 0).any():
-                counts += f" (tumour {(labels == 1).sum():,}, normal {(labels == 0).sum():,}"
-                counts += f", unlabelled {(labels < 0).sum():,})" if (labels < 0).any() else ")"
-            else:
-                counts += " (unlabelled)"
-            lines.append(f"  {split}: {counts}")
-        lines.append(f"bad files skipped: {len(self.skipped)}")
-        for row in self.skipped.head(20).itertuples():
-            lines.append(f"  {row.path}: {row.reason}")
-        if len(self.skipped) > 20:
-            lines.append(f"  ... and {len(self.skipped) - 20} more")
-        lines.append(f"cache: {self.cache_dir}")
-        return "\n".join(lines)
 
 
 def detect_layout(root: Path) -> str:
@@ -272,6 +151,12 @@ def _folder_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tup
     return entries, skipped
 
 
+def is_packed(path) -> bool:
+    """Whether opening `path` decodes nothing: a PCam HDF5 folder, or a folder whose pack cache is current."""
+    root = Path(path).expanduser().resolve()
+    return detect_layout(root) == "pcam" or load_pack(cache_dir_for(root), None, root=root) is not None
+
+
 def pack(path, progress: Progress | None = None, force: bool = False) -> dict:
     """Decode a Kaggle or image folder into the uint8 cache unless a current one exists.
 
@@ -324,9 +209,7 @@ def open_dataset(path, progress: Progress | None = None) -> PatchStore:
     root = Path(path).expanduser().resolve()
     layout = detect_layout(root)
     if layout == "pcam":
-        from pcam_core.pcam_h5 import open_pcam
-
-        return open_pcam(root, PatchStore)
+        return open_pcam(root)
     packed, _ = _ensure_pack(root, layout, progress, force=False)
     return PatchStore(
         root,

@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import tifffile
 
+from pcam_core.geometry import CENTRE, PATCH
+
 log = logging.getLogger(__name__)
 
-PATCH = 96
-CENTRE = slice(32, 64)
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
 EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
 # Share of each kind of patch; label 1 comes from "tumour" (the cluster reaches the centre).

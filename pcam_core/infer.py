@@ -12,47 +12,26 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
+from pcam_core.atomic import atomic_write
 from pcam_core.distributed import Distributed
-from pcam_core.models import BaseCNN, checkpoint_file, load_checkpoint, read_checkpoint, resolve_device
+from pcam_core.geometry import PATCH
+from pcam_core.models import BaseCNN, Classifier, load, resolve_device
+from pcam_core.runs import checkpoint_file
+from pcam_core.splits import holdout_indices
 from pcam_core.transforms import dihedral, to_model_input
 
 log = logging.getLogger(__name__)
 
 TTA_VIEWS = (1, 2, 4, 8)
 Progress = Callable[[int, int], None]
-# a checkpoint path (file or run folder), or what load_checkpoint returned for one
-Checkpoint = str | Path | tuple[nn.Module, dict]
-
-
-def _as_list(checkpoints) -> list[Checkpoint]:
-    if isinstance(checkpoints, (str, Path)) or (isinstance(checkpoints, tuple) and len(checkpoints) == 2
-                                                and isinstance(checkpoints[0], nn.Module)):
-        return [checkpoints]
-    checkpoints = list(checkpoints)
-    if not checkpoints:
-        raise ValueError("no checkpoint given")
-    return checkpoints
-
-
-def load_models(checkpoints, device: torch.device) -> list[tuple[nn.Module, dict]]:
-    """(model in eval mode on `device`, checkpoint dict) for each checkpoint path or loaded pair."""
-    loaded = []
-    for c in _as_list(checkpoints):
-        model, ckpt = load_checkpoint(c, device="cpu") if isinstance(c, (str, Path)) else c
-        # channels_last: 1.5-2.5x faster on this CPU (oneDNN) and on GPUs
-        loaded.append((model.to(device, memory_format=torch.channels_last).eval(), ckpt))
-    return loaded
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -69,7 +48,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
-def default_batch_size(device: torch.device, models: list[tuple[nn.Module, dict]] = ()) -> int:
+def default_batch_size(device: torch.device, classifiers: Sequence[Classifier] = ()) -> int:
     """Patches per forward pass: 2048 on a GPU (it needs thousands to stay busy); on a CPU small batches.
 
     On a CPU the convolutions are fast (oneDNN, AMX) and the passes between them (ReLU, pooling,
@@ -80,7 +59,7 @@ def default_batch_size(device: torch.device, models: list[tuple[nn.Module, dict]
     """
     if device.type == "cuda":
         return 2048
-    return min((32 if isinstance(model, BaseCNN) else 64 for model, _ in models), default=64)
+    return min((32 if isinstance(c.module, BaseCNN) else 64 for c in classifiers), default=64)
 
 
 def _check_batch_size(batch_size: int | None) -> None:
@@ -99,19 +78,17 @@ def _view_indices(tta: int) -> tuple[int, ...]:
     return views[tta]
 
 
-@torch.inference_mode()
-def predict(checkpoints, store, indices=None, tta: int = 1, device: str | torch.device = "auto",
-            batch_size: int | None = None, precision: str = "auto",
+def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1,
+            device: str | torch.device = "auto", batch_size: int | None = None, precision: str = "auto",
             progress: Progress | None = None) -> dict[str, np.ndarray]:
-    """Tumour probabilities for patches of `store`, averaged over TTA views and over checkpoints.
+    """Tumour probabilities for patches of `store`, averaged over TTA views and over classifiers.
 
     Args:
-        checkpoints: a checkpoint path (file or run folder), a (model, ckpt) pair from
-            `models.load_checkpoint`, or a list of them (an ensemble: probabilities are averaged).
+        classifiers: one or more `models.Classifier` (several: an ensemble, probabilities averaged).
         store: the PatchStore to read.
         indices: store indices to predict (default: every patch), in the order wanted.
         tta: dihedral views averaged per patch: 1, 2, 4 or 8.
-        device: "auto", "cpu", "cuda" or a torch.device.
+        device: "auto", "cpu", "cuda" or a torch.device (the classifiers are moved there).
         batch_size: patches per forward pass (default: `default_batch_size`, sized to the model on CPU).
         precision: "auto" (bf16 autocast on CUDA and on CPUs with AMX), "bf16" or "fp32".
         progress: called as progress(done, total) after each batch.
@@ -120,73 +97,63 @@ def predict(checkpoints, store, indices=None, tta: int = 1, device: str | torch.
         dict with "prob" (N,) float32, "spread" (N,) float32 (std of the probability over the TTA views,
         0 for tta=1) and "views" (N, tta) float32 (the probability per view, ensemble-averaged).
     """
+    indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    return _predict(classifiers, lambda start, stop: store.batch(indices[start:stop]), len(indices), tta,
+                    device, batch_size, precision, progress)
+
+
+def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
+                   device: str | torch.device = "auto") -> dict[str, np.ndarray]:
+    """`predict` for patches in memory (an upload): images (N, 96, 96, 3) uint8."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
+        raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
+    return _predict([classifier], lambda start, stop: images[start:stop], len(images), tta, device, None,
+                    "auto", None)
+
+
+def _predict(classifiers: Sequence[Classifier], read_rows: Callable[[int, int], np.ndarray], n: int,
+             tta: int, device, batch_size: int | None, precision: str,
+             progress: Progress | None) -> dict[str, np.ndarray]:
+    if isinstance(classifiers, Classifier) or not classifiers:
+        raise ValueError("predict takes a non-empty list of Classifiers (models.load(path) makes one)")
     views = _view_indices(tta)
     dev = resolve_device(device)
     _check_batch_size(batch_size)
     dtype = autocast_dtype(precision, dev)
-    models = load_models(checkpoints, dev)
-    batch_size = batch_size or default_batch_size(dev, models)
-    indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    out = np.empty((len(indices), tta), dtype=np.float32)
-    starts = range(0, len(indices), batch_size)
+    for c in classifiers:  # outside inference mode, so the same modules still serve Grad-CAM afterwards
+        # channels_last: 1.5-2.5x faster on this CPU (oneDNN) and on GPUs
+        c.module.to(dev, memory_format=torch.channels_last).eval()
+    batch_size = batch_size or default_batch_size(dev, classifiers)
+    out = np.empty((n, tta), dtype=np.float32)
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def read(start: int) -> torch.Tensor:
-        x = torch.from_numpy(store.batch(indices[start:start + batch_size]))  # (B, 96, 96, 3) uint8
+        x = torch.from_numpy(read_rows(start, start + batch_size))  # (B, 96, 96, 3) uint8
         return x.pin_memory() if dev.type == "cuda" else x
 
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        pending = reader.submit(read, 0) if len(indices) else None
-        for start in starts:
+    with ThreadPoolExecutor(max_workers=1) as reader, torch.inference_mode():
+        pending = reader.submit(read, 0) if n else None
+        for start in range(0, n, batch_size):
             x = pending.result().to(dev, non_blocking=True)
-            if start + batch_size < len(indices):
+            if start + batch_size < n:
                 pending = reader.submit(read, start + batch_size)
             probs = torch.zeros(len(x), tta, device=dev)
-            for model, ckpt in models:
-                inputs = to_model_input(x, ckpt["normalization"], crop=ckpt.get("config", {}).get("crop", 96))
+            for c in classifiers:
+                inputs = to_model_input(x, c.normalization, crop=c.crop)
                 for j, k in enumerate(views):
                     with autocast:
-                        logits = model(dihedral(inputs, k).contiguous(memory_format=torch.channels_last))
+                        logits = c.module(dihedral(inputs, k).contiguous(memory_format=torch.channels_last))
                     probs[:, j] += torch.sigmoid(logits.float().reshape(-1))
-            out[start:start + len(x)] = (probs / len(models)).cpu().numpy()
+            out[start:start + len(x)] = (probs / len(classifiers)).cpu().numpy()
             if progress is not None:
-                progress(start + len(x), len(indices))
+                progress(start + len(x), n)
     return {"prob": out.mean(axis=1), "spread": out.std(axis=1), "views": out}
 
 
-def holdout_indices(checkpoints, store) -> np.ndarray:
-    """Store indices no given checkpoint trained on: the intersection of their runs' validation splits.
-
-    Each split is rebuilt from the checkpoint's TrainConfig (seed, val_frac, val_ids) exactly as `train`
-    drew it, so evaluating there is honest; metrics on the training patches would flatter the model.
-
-    Raises:
-        ValueError: a checkpoint was trained on other data (or does not say), or the splits do not overlap.
-    """
-    from pcam_core.config import TrainConfig
-    from pcam_core.train import split_train_val  # train imports this module: import at call time
-
-    held = None
-    root = Path(store.root).resolve()
-    for c in _as_list(checkpoints):
-        ckpt = read_checkpoint(c) if isinstance(c, (str, Path)) else c[1]
-        data = ckpt.get("config", {}).get("data")
-        if not data or Path(data).expanduser().resolve() != root:
-            name = c if isinstance(c, (str, Path)) else ckpt.get("model_name")
-            raise ValueError(f"checkpoint {name} was trained on {data or 'unrecorded data'}, not {root}, so "
-                             "its held-out patches are unknown here; choose a split instead")
-        val = split_train_val(store, TrainConfig.from_dict(ckpt["config"]))[1]
-        held = val if held is None else np.intersect1d(held, val)
-    if not len(held):
-        raise ValueError("the checkpoints' validation splits share no patch; evaluate them one at a time")
-    return held
-
-
-def _cache_key(checkpoints, store, split: str, tta: int, precision: str) -> str:
+def _cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, precision: str) -> str:
     files = []
-    for c in _as_list(checkpoints):
-        if not isinstance(c, (str, Path)):
-            raise ValueError("predictions_table caches by checkpoint file: give paths, not loaded models")
+    for c in checkpoints:
         f = checkpoint_file(c)
         st = f.stat()
         files.append([str(f.resolve()), st.st_mtime_ns, st.st_size])
@@ -195,7 +162,8 @@ def _cache_key(checkpoints, store, split: str, tta: int, precision: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
-def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str = "auto",
+def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta: int = 1,
+                      device: str = "auto",
                       batch_size: int | None = None, precision: str = "auto",
                       progress: Progress | None = None) -> pd.DataFrame:
     """Predictions for one split as a table, read from the on-disk cache when already computed.
@@ -212,6 +180,8 @@ def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str 
     Returns:
         DataFrame with columns id, index (store index), prob, spread, label (-1 where unknown).
     """
+    if isinstance(checkpoints, (str, Path)) or not checkpoints:
+        raise ValueError("predictions_table takes a non-empty list of checkpoint paths")
     _view_indices(tta)
     _check_batch_size(batch_size)  # before the cache: a bad option fails even when nothing is predicted
     indices = holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
@@ -222,7 +192,8 @@ def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str 
         log.debug("predictions from cache %s", path)
         return pd.read_parquet(path)
     ctx = Distributed(device)  # under torchrun each rank predicts every world-th patch on its own device
-    result = predict(checkpoints, store, ctx.shard(indices), tta=tta, device=ctx.device,
+    classifiers = [load(c) for c in checkpoints]
+    result = predict(classifiers, store, ctx.shard(indices), tta=tta, device=ctx.device,
                      batch_size=batch_size, precision=precision, progress=progress)
     result = {k: ctx.unshard([part[k] for part in ctx.gather(result)]) for k in ("prob", "spread")}
     table = pd.DataFrame({"id": store.ids[indices], "index": indices, "prob": result["prob"],
@@ -231,10 +202,8 @@ def predictions_table(checkpoints, store, split: str, tta: int = 1, device: str 
         return table
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            table.to_parquet(tmp, index=False)
     except OSError as e:
         log.warning("could not cache predictions in %s: %s", path.parent, e)
     return table

@@ -182,3 +182,13 @@ def summary(labels, probs, threshold: float = 0.5, n_boot: int = 1000) -> dict:
         "youden_threshold": youden_threshold(y, p),
         "brier": brier(y, p), "ece": ece(y, p),
     }
+
+
+def loss_and_auc(labels, probs) -> dict[str, float]:
+    """val_loss (binary cross-entropy, probabilities clipped to [1e-6, 1 - 1e-6]) and val_auc (NaN with a
+    single class): what training reports per epoch."""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.clip(np.asarray(probs, dtype=np.float64).ravel(), 1e-6, 1 - 1e-6)
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))) if len(y) else float("nan")
+    auc = float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+    return {"val_loss": loss, "val_auc": auc}

@@ -1,22 +1,28 @@
-"""Model registry, constructors and checkpoints.
+"""Model registry, constructors, and `Classifier`: a network with what is needed to use it.
 
 `create_model(name)` is the only way to build a network; every model maps (B, 3, H, W) float to (B, 1)
-tumour logits. Names: the registry below, or any timm model name. A checkpoint is a plain dict of
-tensors and Python values (loaded with `torch.load(weights_only=True)`) that carries what is needed
-to rebuild its model: name, constructor args, normalisation and the training config.
+tumour logits. Names: the registry below, or any timm model name. A loaded or new model is a
+`Classifier` (network, name, constructor args, normalisation, input crop, training config);
+`Classifier.to_checkpoint()` writes one as a plain dict of tensors and Python values, and `load(path)`
+rebuilds it after a safe `torch.load(weights_only=True)` and a check of every field.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from pcam_core.geometry import PATCH
+from pcam_core.runs import checkpoint_file, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -226,34 +232,57 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     return torch.device(spec)
 
 
-def save_checkpoint(ckpt: dict, path: Path) -> None:
-    """Writes atomically (temp file + rename): a reader never sees half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+@dataclass
+class Classifier:
+    """A network ready to predict, with what its checkpoint says about it.
 
+    Attributes:
+        module: the network, (B, 3, crop, crop) float -> (B, 1) tumour logits.
+        name: its registry or timm name.
+        args: constructor arguments (`create_model(name, **args)` rebuilds it).
+        normalization: {"mean": [3 floats], "std": [3 floats]} in [0, 1] pixel units.
+        crop: the centre crop in px the network sees (96: the whole patch).
+        config: the TrainConfig (as a dict) it was trained with; {} for an untrained one.
+        source: the checkpoint file it was loaded from, if any.
+    """
 
-def checkpoint_file(path: str | Path) -> Path:
-    """A .pt file as given, or a run folder's best.pt (else last.pt)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"run folder {path} holds no best.pt or last.pt: "
-                                f"has its training written one yet?")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    return path
+    module: nn.Module
+    name: str
+    args: dict
+    normalization: dict
+    crop: int = PATCH
+    config: dict = field(default_factory=dict)
+    source: Path | None = None
+
+    @classmethod
+    def new(cls, name: str, crop: int = PATCH, pretrained: bool = False) -> Classifier:
+        """A freshly initialised (or ImageNet-initialised) model for `crop` px inputs."""
+        args = model_args_for(name, crop)
+        module = create_model(name, pretrained=pretrained, **args)
+        return cls(module, name, args, normalization_for(module), crop)
+
+    def to_checkpoint(self, state_dict: dict | None = None, epoch: int = 0, metrics: dict | None = None,
+                      **extra) -> dict:
+        """The checkpoint dict `load` reads: weights (the module's, or `state_dict`), name, args,
+        normalisation, config (with the crop), epoch, metrics, and `extra` (what a resume needs)."""
+        weights = state_dict if state_dict is not None else self.module.state_dict()
+        return {"state_dict": {k: v.detach().cpu() for k, v in weights.items()}, "model_name": self.name,
+                "model_args": dict(self.args), "normalization": self.normalization,
+                "config": {**self.config, "crop": self.crop}, "epoch": epoch, "metrics": metrics or {},
+                **extra}
+
+    def save(self, path: str | Path, **fields) -> Path:
+        """Writes `to_checkpoint(**fields)` to `path` atomically."""
+        save_checkpoint(self.to_checkpoint(**fields), Path(path))
+        return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Reads a checkpoint dict safely (`weights_only=True`); ValueError for anything else."""
+    """Reads a checkpoint dict safely (`weights_only=True`) and checks its fields; ValueError otherwise."""
     path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable PCam Review checkpoint (truncated, or not a weights-only "
                          f"torch file: {first[:200]}); point at a best.pt/last.pt written by `train`") from e
@@ -261,24 +290,56 @@ def read_checkpoint(path: str | Path) -> dict:
     if missing:
         raise ValueError(f"{path} is a torch file but not a PCam Review checkpoint (missing {missing}); "
                          f"point at a best.pt/last.pt written by `train`")
+    problem = _field_problem(ckpt)
+    if problem:
+        raise ValueError(f"{path} is a damaged PCam Review checkpoint: {problem}; retrain or use another run")
     return ckpt
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuilds the model a checkpoint describes and loads its weights.
+def _field_problem(ckpt: dict) -> str | None:
+    """What is wrong with a checkpoint's fields, or None."""
+    if not isinstance(ckpt["model_name"], str) or not ckpt["model_name"]:
+        return "model_name is not a name"
+    if not isinstance(ckpt["model_args"], dict) or not set(ckpt["model_args"]) <= {"input_size"}:
+        return f"model_args {ckpt['model_args']!r} is not a dict of known arguments (input_size)"
+    norm = ckpt["normalization"]
+    def three_numbers(values) -> bool:
+        return (isinstance(values, (list, tuple)) and len(values) == 3
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values))
+
+    if not (isinstance(norm, dict) and three_numbers(norm.get("mean")) and three_numbers(norm.get("std"))
+            and all(v > 0 for v in norm["std"])):
+        return "normalization needs mean and std of 3 finite numbers each (std > 0)"
+    if not isinstance(ckpt["config"], dict):
+        return f"config is a {type(ckpt['config']).__name__}, not a dict"
+    crop = ckpt["config"].get("crop", PATCH)
+    if not isinstance(crop, int) or not 16 <= crop <= PATCH:
+        return f"crop {crop!r} is not an input size between 16 and {PATCH} px"
+    weights = ckpt["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "state_dict is not a dict of tensors"
+    if not all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point()):
+        return "its weights hold NaN or infinite values (training diverged)"
+    return None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Rebuilds the Classifier a checkpoint describes, in eval mode on `device`.
 
     Args:
         path: a .pt file or a run folder (best.pt, else last.pt).
         device: where the model goes.
 
-    Returns:
-        (model in eval mode, the checkpoint dict).
+    Raises:
+        ValueError: not a checkpoint, damaged fields, or weights that do not fit the named model.
     """
-    ckpt = read_checkpoint(path)
-    model = create_model(ckpt["model_name"], pretrained=False, **ckpt["model_args"])
+    file = checkpoint_file(path)
+    ckpt = read_checkpoint(file)
+    module = create_model(ckpt["model_name"], pretrained=False, **ckpt["model_args"])
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        module.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise ValueError(f"{checkpoint_file(path)}: its weights do not fit model {ckpt['model_name']} "
+        raise ValueError(f"{file}: its weights do not fit model {ckpt['model_name']} "
                          f"({str(e).splitlines()[0][:200]})") from e
-    return model.to(device).eval(), ckpt
+    return Classifier(module.to(resolve_device(device)).eval(), ckpt["model_name"], ckpt["model_args"],
+                      ckpt["normalization"], ckpt["config"].get("crop", PATCH), ckpt["config"], file)

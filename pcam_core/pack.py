@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pcam_core.atomic import write_text
+from pcam_core.geometry import PATCH, PATCH_BYTES
+
 log = logging.getLogger(__name__)
 
-PATCH = 96
-PATCH_BYTES = PATCH * PATCH * 3
 PACK_VERSION = 1
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 STATS_COLUMNS = [
@@ -137,9 +138,7 @@ def refresh_quick_key(cache: Path, root: Path) -> None:
     path = cache / "pack" / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["quick_key"] = quick_key(root)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(manifest, indent=1))
 
 
 def patch_stats(x: np.ndarray) -> np.ndarray:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from pcam_core.atomic import atomic_write
+from pcam_core.geometry import PATCH, SPLITS
 from pcam_core.pack import cache_dir_for, patch_stats, stats_table
+from pcam_core.store import PatchStore
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "valid", "test")
 
 
 def _file(root: Path, split: str, kind: str) -> Path:
@@ -36,7 +36,7 @@ class H5Images:
 
     def __getitem__(self, rows) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), 96, 96, 3), np.uint8)
+        out = np.empty((len(rows), PATCH, PATCH, 3), np.uint8)
         which = np.searchsorted(self.offsets, rows, side="right") - 1
         for k in np.unique(which):
             pick = np.flatnonzero(which == k)
@@ -51,8 +51,11 @@ def _labels(root: Path, split: str, n: int) -> np.ndarray:
     path = _file(root, split, "y")
     if not path.is_file():
         return np.full(n, -1, np.int8)
-    with h5py.File(path, "r") as f:
-        y = np.asarray(f["y"]).reshape(-1)
+    try:
+        with h5py.File(path, "r") as f:
+            y = np.asarray(f["y"]).reshape(-1)
+    except (OSError, KeyError) as e:
+        raise ValueError(f"{path.name} is not a readable PCam label file ({e}); re-download it") from None
     if len(y) != n:
         raise ValueError(f"{path.name} has {len(y)} labels for {n} patches; the x and y files must match")
     if not np.isin(y, [0, 1]).all():
@@ -60,7 +63,7 @@ def _labels(root: Path, split: str, n: int) -> np.ndarray:
     return y.astype(np.int8)
 
 
-def open_pcam(root: Path, store_class):
+def open_pcam(root: Path) -> PatchStore:
     """A PatchStore over the PCam HDF5 files in `root`; the stats table is computed once and cached."""
     paths, index_parts = [], []
     offset = 0
@@ -73,7 +76,7 @@ def open_pcam(root: Path, store_class):
                 shape, dtype = f["x"].shape, f["x"].dtype
         except (OSError, KeyError) as e:
             raise ValueError(f"{path.name} is not a readable PCam file ({e}); re-download it") from None
-        if shape[1:] != (96, 96, 3) or dtype != np.uint8:
+        if shape[1:] != (PATCH, PATCH, 3) or dtype != np.uint8:
             raise ValueError(
                 f"{path.name} holds {shape} {dtype} images; PCam files hold N x 96 x 96 x 3 uint8"
             )
@@ -114,10 +117,9 @@ def open_pcam(root: Path, store_class):
         )
         table = stats_table(index, values)
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            table.to_parquet(tmp, index=False)
         return table
 
     skipped = pd.DataFrame(columns=["path", "reason"])
-    return store_class(root, "pcam", index, images, fingerprint, cache, skipped, stats)
+    return PatchStore(root, "pcam", index, images, fingerprint, cache, skipped, stats)

@@ -1,7 +1,10 @@
-"""The run folder a training run writes: config.json, status.json, metrics.csv, val_ids.csv, last.pt, best.pt.
+"""The run folder: the one writer (`RunFolder`) and every reader (status, metrics, checkpoints, the run list).
 
-Every file is replaced atomically (temp file + rename), so the app can poll a running job and never read
-half a file. Under torchrun only rank 0 writes; the other ranks hold a RunFolder with `write=False`.
+A run folder holds config.json, status.json, metrics.csv, val_ids.csv, last.pt and best.pt, written by
+the trainer; a run started from the app also has job.json (pid, device, command, start time) and job.log
+(the process's output), written by `jobs`. Every file is replaced atomically, so the app can poll a
+running job and never read half a file. Under torchrun only rank 0 writes; the other ranks hold a
+RunFolder with `write=False`. This module does not import torch: the app lists runs without it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,29 @@ import os
 import time
 from pathlib import Path
 
+import pandas as pd
+
+from pcam_core.atomic import atomic_write, write_text
 from pcam_core.config import TrainConfig
-from pcam_core.models import save_checkpoint
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
+RUN_COLUMNS = ["run_id", "path", "model", "state", "epoch", "epochs", "best_auc", "device", "started",
+               "checkpoint"]
+ACTIVE_STATES = ("starting", "running")  # then one of finished, stopped, failed
+CHECKPOINTS = ("best.pt", "last.pt")  # the one a run is used by, in order of preference
 STATUS_EVERY_S = 2.0
+
+
+def runs_dir() -> Path:
+    """Where run folders go by default: $PCAM_RUNS_DIR, else models/runs in the repository."""
+    return Path(os.environ.get("PCAM_RUNS_DIR") or Path(__file__).resolve().parents[1] / "models" / "runs")
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder of `cfg`: its `out` when given, else a new time-stamped folder under runs_dir()."""
+    if cfg.out:
+        return Path(cfg.out)
+    return runs_dir() / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class RunFolder:
@@ -41,12 +62,10 @@ class RunFolder:
                              f"--resume {self.path} or choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         if completed_epochs is None:
-            cfg.save(self.path / "config.json")
-            _write_text(self.path / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n")
-        else:
-            rows = self.metrics_rows()[:completed_epochs]
-            _write_text(self.path / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n"
-                        + "".join(",".join(str(r[c]) for c in METRIC_COLUMNS) + "\n" for r in rows))
+            write_text(self.path / "config.json", cfg.to_json())
+        rows = metrics_rows(self.path)[:completed_epochs or 0]
+        write_text(self.path / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n"
+                   + "".join(",".join(str(r[c]) for c in METRIC_COLUMNS) + "\n" for r in rows))
         previous = _read_json(self.path / "status.json")
         self.status(state="running", epochs=cfg.epochs, epoch=completed_epochs or 0,
                     step=previous.get("step", 0),
@@ -58,7 +77,7 @@ class RunFolder:
         self._status.update(fields, updated=time.time())
         if self.write:
             self.path.mkdir(parents=True, exist_ok=True)
-            _write_text(self.path / "status.json", json.dumps(self._status, indent=1) + "\n")
+            write_text(self.path / "status.json", json.dumps(self._status, indent=1) + "\n")
             self._last_write = time.monotonic()
 
     def progress(self, **fields) -> None:
@@ -76,30 +95,153 @@ class RunFolder:
     def save_val_ids(self, ids) -> None:
         """val_ids.csv: the patches this run validates on, so held-out metrics can be recomputed later."""
         if self.write:
-            _write_text(self.path / "val_ids.csv", "id\n" + "".join(f"{i}\n" for i in ids))
+            write_text(self.path / "val_ids.csv", "id\n" + "".join(f"{i}\n" for i in ids))
 
     def checkpoint(self, name: str, ckpt: dict) -> Path:
+        """Writes checkpoint `name` (best.pt or last.pt) atomically; returns its path."""
         path = self.path / name
         if self.write:
             save_checkpoint(ckpt, path)
         return path
 
-    def metrics_rows(self) -> list[dict]:
-        path = self.path / "metrics.csv"
-        if not path.is_file():
-            return []
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Writes a checkpoint dict atomically: a reader never sees half a checkpoint."""
+    import torch  # only writers need it: the readers below keep this module torch-free for the app
+
+    with atomic_write(path) as tmp:
+        torch.save(ckpt, tmp)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# ---- readers ---------------------------------------------------------------------------------------
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A .pt file as given, or a run folder's best.pt (else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in CHECKPOINTS:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"run folder {path} holds no best.pt or last.pt: "
+                                f"has its training written one yet?")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    return path
+
+
+def checkpoint_path(run_dir: str | Path) -> Path | None:
+    """best.pt, else last.pt, else None (before the first epoch ends)."""
+    try:
+        return checkpoint_file(run_dir)
+    except FileNotFoundError:
+        return None
+
+
+def checkpoint_mtime(run_dir: str | Path) -> float:
+    """When the run's checkpoint last changed: part of the key of anything computed from it."""
+    path = checkpoint_path(run_dir)
+    return path.stat().st_mtime if path else 0.0
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint given as a run folder or as a .pt file inside one."""
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
+
+
+def val_ids(run_dir: str | Path) -> list[str]:
+    """The ids a run validated on (its val_ids.csv).
+
+    Raises:
+        FileNotFoundError: the folder is not a run folder written by `train`.
+    """
+    path = Path(run_dir) / "val_ids.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(run_dir)} has no val_ids.csv, so the patches it held out are "
+                                f"unknown; give a run folder written by `pcam_core train`")
+    return pd.read_csv(path, dtype=str)["id"].tolist()
+
+
+def metrics_rows(run_dir: str | Path) -> list[dict]:
+    """metrics.csv as a list of dicts of strings (empty before the first epoch)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def metrics(run_dir: str | Path) -> pd.DataFrame:
+    """Per-epoch metrics (epoch, train_loss, val_loss, val_auc, lr, seconds); empty before epoch 1."""
+    try:
+        return pd.read_csv(Path(run_dir) / "metrics.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=list(METRIC_COLUMNS))
+
+
+def alive(pid: int | None) -> bool:
+    """Whether `pid` is a running pcam_core process (a zombie or a reused pid of another program is not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+        return b"pcam_core" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the pid exists
+
+
+def status(run_dir: str | Path) -> dict:
+    """The run's status: the trainer's status.json, with `state` corrected by whether the process lives.
+
+    A status.json older than the latest launch is stale (a resumed run before its first write); a
+    "running" job whose process is gone died without saying so (killed, out of memory).
+    """
+    run_dir = Path(run_dir)
+    job = _read_json(run_dir / "job.json")
+    status_path = run_dir / "status.json"
+    current = _read_json(status_path)
+    pid = job.get("pid") or current.get("pid")  # a run started from the command line has no job.json
+    is_alive = alive(pid)
+    if job and status_path.is_file() and status_path.stat().st_mtime < (run_dir / "job.json").stat().st_mtime:
+        current = {k: v for k, v in current.items() if k not in ("state", "message")}
+    state = current.get("state") or ("starting" if is_alive else "failed")
+    message = current.get("message") or ""
+    if state in ACTIVE_STATES and not is_alive:
+        state = "failed"
+        message = message or "the training process ended without a final status; see its output below"
+    return {**current, "state": state, "message": message, "pid": pid, "alive": is_alive,
+            "device": job.get("device"), "started": job.get("started")}
+
+
+def list_runs(folder: str | Path) -> pd.DataFrame:
+    """One row per run folder under `folder`, newest first: the checkpoint registry."""
+    rows = []
+    folder = Path(folder)
+    for run_dir in folder.iterdir() if folder.is_dir() else []:
+        if not any((run_dir / name).is_file() for name in ("job.json", "status.json")):
+            continue
+        config = _read_json(run_dir / "config.json")
+        st = status(run_dir)
+        started = st.get("started") or run_dir.stat().st_mtime  # runs started from the CLI have no job.json
+        rows.append({"run_id": run_dir.name, "path": str(run_dir), "model": config.get("model", "?"),
+                     "state": st["state"], "epoch": st.get("epoch"), "epochs": st.get("epochs"),
+                     "best_auc": st.get("best_auc"), "device": st.get("device"),
+                     "started": pd.Timestamp(started, unit="s"),
+                     "checkpoint": checkpoint_path(run_dir) is not None})
+    table = pd.DataFrame(rows, columns=RUN_COLUMNS).astype({"checkpoint": bool})
+    return table.sort_values("started", ascending=False, ignore_index=True)
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}

@@ -7,12 +7,12 @@ Kaggle scores ROC AUC on the label column, so it must hold probabilities: the re
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from pcam_core.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +129,12 @@ def write_submission(predictions: pd.DataFrame, store, path, allow_hard_labels: 
     if problems:
         raise ValueError("the submission would be invalid: " + "; ".join(problems))
     path = Path(path)
-    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", newline="") as f:
-            table.to_csv(f, index=False, float_format="%.8g")
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.8g")
     except OSError as e:
         raise ValueError(f"cannot write the submission to {path}: {e.strerror or e}; "
                          "choose a writable path") from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
     log.info("wrote %d rows to %s", len(table), path)
     return table

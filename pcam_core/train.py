@@ -17,7 +17,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,13 @@ from torch import nn
 from pcam_core.config import TrainConfig
 from pcam_core.data import PatchStore, open_dataset
 from pcam_core.distributed import Distributed
-from pcam_core.models import (
-    create_model,
-    head_module,
-    model_args_for,
-    normalization_for,
-    read_checkpoint,
-)
-from pcam_core.runs import RunFolder
+from pcam_core.geometry import PATCH
+from pcam_core.infer import predict
+from pcam_core.metrics import loss_and_auc
+from pcam_core.models import Classifier, head_module, read_checkpoint
+from pcam_core.runs import RunFolder, new_run_dir
+from pcam_core.splits import split_train_val
 from pcam_core.transforms import augment_batch, to_model_input
-from pcam_core.validation import evaluate, scores, split_train_val
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +83,12 @@ class _Patches:
 
     def __init__(self, store: PatchStore, indices: np.ndarray, device: torch.device):
         self.store, self.indices, self.device = store, indices, device
-        nbytes = len(indices) * 96 * 96 * 3
+        nbytes = len(indices) * PATCH * PATCH * 3
         budget = (torch.cuda.mem_get_info(device)[0] * RESIDENT_GPU_SHARE if device.type == "cuda"
                   else RESIDENT_CPU_BYTES)
         self.resident = None
         if nbytes <= budget:
-            self.resident = torch.empty((len(indices), 96, 96, 3), dtype=torch.uint8, device=device)
+            self.resident = torch.empty((len(indices), PATCH, PATCH, 3), dtype=torch.uint8, device=device)
             for start in range(0, len(indices), 4096):
                 chunk = torch.from_numpy(store.batch(indices[start:start + 4096]))
                 self.resident[start:start + len(chunk)] = chunk.to(device)
@@ -166,44 +164,108 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
     cfg.validate()
     cfg, state = _resolve_resume(cfg)
     ctx = Distributed(cfg.device)
-    run = RunFolder(Path(ctx.same(str(cfg.run_dir()))), write=ctx.main)
+    folder = RunFolder(Path(ctx.same(str(new_run_dir(cfg)))), write=ctx.main)
+    stop = stop or threading.Event()
     try:
-        yield from _fit(cfg, state, ctx, run, stop or threading.Event())
+        run = _setup(cfg, state, ctx, folder)
+        yield {**run.start_event(), "run_dir": str(folder.path)}
+        for epoch in range(run.step // run.steps_per_epoch, cfg.epochs):
+            started = time.perf_counter()
+            train_loss = yield from train_one_epoch(run, epoch, stop)
+            if train_loss is None:  # stopped mid-epoch: last.pt lets it continue from this step
+                path = folder.checkpoint("last.pt", run.checkpoint(epoch, {}))
+                folder.status(state="stopped", epoch=epoch, step=run.step,
+                              message=f"stopped at step {run.step}")
+                yield {"type": "stopped", "path": str(path), "step": run.step, "run_dir": str(folder.path)}
+                return
+            run.sync_ema()
+            scores = evaluate(run.eval_classifier, run.store, run.val_idx, cfg.val_tta, cfg.precision, ctx)
+            metrics = {"epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": run.lr,
+                       "seconds": time.perf_counter() - started}
+            yield from _end_epoch(run, folder, epoch, metrics)
+            if run.done:
+                return
     except torch.cuda.OutOfMemoryError as e:
         message = (f"GPU out of memory at batch size {cfg.batch_size}; try --batch-size "
                    f"{max(1, cfg.batch_size // 2)}")
-        run.status(state="failed", message=message)
+        folder.status(state="failed", message=message)
         yield {"type": "failed", "message": message}
         raise ValueError(message) from e
     except Exception as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        run.status(state="failed", message=message)
+        folder.status(state="failed", message=message)
         yield {"type": "failed", "message": message}
         raise
     finally:
         ctx.close()
 
 
-def _fit(cfg: TrainConfig, state: dict | None, ctx: Distributed, run: RunFolder,
-         stop: threading.Event) -> Iterator[dict]:
+@dataclass
+class _Run:
+    """What a training run holds between steps: data, model, optimiser, schedule position, best score."""
+
+    cfg: TrainConfig
+    ctx: Distributed
+    store: PatchStore
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    classifier: Classifier  # the trained network, with its name, args, normalisation and crop
+    eval_classifier: Classifier  # what validation and checkpoints use: the EMA weights when kept
+    optimizer: torch.optim.Optimizer
+    ema: _EMA | None
+    patches: _Patches
+    labels: torch.Tensor  # (n_train,) float on the device
+    amp: torch.dtype | None
+    batch: int
+    steps_per_epoch: int
+    step: int = 0
+    best_auc: float = -1.0
+    bad_epochs: int = 0
+    lr: float = 0.0
+    done: bool = False
+    wrapped: nn.Module | None = None  # the module stepped: DDP/compile-wrapped for the current freeze state
+    head_only: bool | None = None
+
+    def start_event(self) -> dict:
+        return {"type": "start", "n_train": len(self.train_idx), "n_val": len(self.val_idx),
+                "steps_per_epoch": self.steps_per_epoch, "epochs": self.cfg.epochs,
+                "device": str(self.ctx.device), "world_size": self.ctx.world, "resumed_at_step": self.step,
+                "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32"}
+
+    def sync_ema(self) -> None:
+        if self.ema is not None:
+            self.eval_classifier.module.load_state_dict(self.ema.state)
+
+    def checkpoint(self, epoch: int, metrics: dict, finished: bool = False) -> dict:
+        """A checkpoint: the weights to use (EMA ones when kept) plus what an exact resume needs."""
+        model = self.classifier.module
+        return self.classifier.to_checkpoint(
+            state_dict=self.ema.state if self.ema else model.state_dict(), epoch=epoch, metrics=metrics,
+            steps_per_epoch=self.steps_per_epoch, world_size=self.ctx.world, step=self.step,
+            best_auc=self.best_auc, bad_epochs=self.bad_epochs, finished=finished,
+            train_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+            optimizer=self.optimizer.state_dict())
+
+
+def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFolder) -> _Run:
+    """Opens the data, draws the split, builds the model and optimiser, and restores a resumed run."""
     device = ctx.device
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run.start(cfg, completed_epochs=state["epoch"] if state else None)
+    folder.start(cfg, completed_epochs=state["epoch"] if state else None)
     store = open_dataset(cfg.data)
     train_idx, val_idx = split_train_val(store, cfg)
-    run.save_val_ids(store.ids[val_idx])
+    folder.save_val_ids(store.ids[val_idx])
     batch = min(cfg.batch_size, len(train_idx) // ctx.world)
-    steps_per_epoch = len(train_idx) // (batch * ctx.world)
+    steps_per_epoch = len(train_idx) // (batch * ctx.world) if batch else 0
     if steps_per_epoch < 1:
         raise ValueError(f"only {len(train_idx)} training patches for {ctx.world} processes; add data")
 
     torch.manual_seed(cfg.seed)
-    model_args = model_args_for(cfg.model, cfg.crop)
-    model = create_model(cfg.model, pretrained=cfg.pretrained and state is None, **model_args)
-    normalization = normalization_for(model)
+    classifier = Classifier.new(cfg.model, cfg.crop, pretrained=cfg.pretrained and state is None)
+    classifier.config = cfg.to_dict()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = classifier.module.to(device, memory_format=memory_format)
     # fused: one kernel for the whole update on CUDA instead of several per parameter tensor
     optimizer = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
@@ -212,7 +274,13 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: Distributed, run: RunFolder,
     for g in optimizer.param_groups:
         g["weight_decay"] = cfg.weight_decay if g["weight_decay_on"] else 0.0
     ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    start_step, best_auc, bad_epochs = 0, -1.0, 0
+    run = _Run(cfg, ctx, store, train_idx, val_idx, classifier, classifier, optimizer, ema,
+               _Patches(store, train_idx, device),
+               torch.from_numpy(store.labels[train_idx].astype(np.float32)).to(device),
+               training_precision(cfg.precision, device, model), batch, steps_per_epoch)
+    if ema is not None:
+        run.eval_classifier = Classifier(copy.deepcopy(model), classifier.name, classifier.args,
+                                         classifier.normalization, classifier.crop, classifier.config)
     if state is not None:
         if state["steps_per_epoch"] != steps_per_epoch:
             raise ValueError(f"cannot resume exactly: the run had {state['steps_per_epoch']} steps per "
@@ -221,134 +289,118 @@ def _fit(cfg: TrainConfig, state: dict | None, ctx: Distributed, run: RunFolder,
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.state = {k: v.to(device) for k, v in state["state_dict"].items()}
-        start_step, best_auc, bad_epochs = state["step"], state["best_auc"], state["bad_epochs"]
-    head = head_module(model)
-    head_params = {id(p) for p in head.parameters()}
-    backbone_params = [p for p in model.parameters() if id(p) not in head_params]
-    head_norms = {id(m) for m in head.modules()}
-    backbone_norms = [m for m in model.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_norms]
-    eval_model = copy.deepcopy(model) if ema is not None else model
+        run.step, run.best_auc, run.bad_epochs = state["step"], state["best_auc"], state["bad_epochs"]
+    return run
 
-    labels = torch.from_numpy(store.labels[train_idx].astype(np.float32)).to(device)
-    patches = _Patches(store, train_idx, device)
-    amp = training_precision(cfg.precision, device, model)
-    generator = torch.Generator(device=device)
-    ckpt_meta = {"model_name": cfg.model, "model_args": model_args, "normalization": normalization,
-                 "config": cfg.to_dict(), "steps_per_epoch": steps_per_epoch, "world_size": ctx.world}
-    yield {"type": "start", "run_dir": str(run.path), "n_train": len(train_idx), "n_val": len(val_idx),
-           "steps_per_epoch": steps_per_epoch, "epochs": cfg.epochs, "device": str(device),
-           "precision": str(amp).replace("torch.", "") if amp else "fp32", "world_size": ctx.world,
-           "resumed_at_step": start_step}
 
-    frozen, wrapped = None, model
-    step = start_step
-    for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-        head_only = cfg.finetune == "head" or (cfg.finetune == "head_then_full" and epoch < cfg.head_epochs)
-        if frozen != head_only:  # (re)wrap: DDP only syncs the parameters that need grads when it is built
-            frozen = head_only
-            for p in backbone_params:
-                p.requires_grad_(not head_only)
-            wrapped = model
-            if ctx.world > 1:
-                wrapped = nn.parallel.DistributedDataParallel(
-                    model, device_ids=[device.index] if device.type == "cuda" else None)
-            if cfg.compile:
-                wrapped = torch.compile(wrapped)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_idx))
-        # every step's batch positions, sorted (memmap reads in file order), and one copy on the device
-        order = order[:steps_per_epoch * ctx.world * batch].reshape(steps_per_epoch, ctx.world, batch)
-        order = np.sort(order, axis=-1)
-        order_on_device = torch.from_numpy(order).to(device)
-        model.train()
-        if head_only:
-            for m in backbone_norms:
+def _freeze(run: _Run, head_only: bool) -> nn.Module:
+    """Freezes (or unfreezes) the backbone and returns the module to step: DDP- and compile-wrapped as
+    asked. DDP only syncs the parameters that need grads when it is built, so it is rebuilt here."""
+    model = run.classifier.module
+    head = {id(p) for p in head_module(model).parameters()}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(not head_only)
+    wrapped = model
+    if run.ctx.world > 1:
+        device = run.ctx.device
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if run.cfg.compile else wrapped
+
+
+def train_one_epoch(run: _Run, epoch: int, stop: threading.Event) -> Generator[dict, None, float | None]:
+    """Trains `epoch` from the run's current step to its end; yields a "step" event per step.
+
+    Returns:
+        the epoch's mean training loss, or None when `stop` was set (the run then stops at this step).
+    """
+    cfg, ctx, model, device = run.cfg, run.ctx, run.classifier.module, run.ctx.device
+    head_only = cfg.finetune == "head" or (cfg.finetune == "head_then_full" and epoch < cfg.head_epochs)
+    if run.head_only != head_only:
+        run.wrapped, run.head_only = _freeze(run, head_only), head_only
+    wrapped = run.wrapped
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(run.train_idx))
+    # every step's batch positions, sorted (memmap reads in file order), and one copy on the device
+    order = order[:run.steps_per_epoch * ctx.world * run.batch].reshape(run.steps_per_epoch, ctx.world, -1)
+    order = np.sort(order, axis=-1)
+    order_on_device = torch.from_numpy(order).to(device)
+    model.train()
+    if head_only:
+        head_norms = {id(m) for m in head_module(model).modules()}
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_norms:
                 m.eval()  # a frozen backbone keeps its BatchNorm statistics, as Keras' trainable=False does
-        started, losses, seen = time.perf_counter(), [], 0
-        for s in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            lr = scheduled_lr(cfg, step, steps_per_epoch)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            positions, positions_on_device = order[s, ctx.rank], order_on_device[s, ctx.rank]
-            seed = (cfg.seed * 1_000_003 + step) * 64 + ctx.rank
-            torch.manual_seed(seed)  # dropout
-            generator.manual_seed(seed)  # augmentation
-            x = patches.batch(positions, positions_on_device)  # (B, 96, 96, 3) uint8
-            if cfg.augment:
-                inputs = augment_batch(x, normalization, cfg.crop, cfg.jitter, generator)
-            else:
-                inputs = to_model_input(x, normalization, cfg.crop)
-            inputs = inputs.contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = wrapped(inputs).float().reshape(-1)
-            loss = F.binary_cross_entropy_with_logits(logits, labels[positions_on_device])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, step)
-            step += 1
-            # Reading a loss waits for its step to finish. On a GPU, read the one before: by now it is done,
-            # and the device keeps one step queued instead of idling while Python prepares the next.
-            losses.append(loss.detach())
-            shown = losses[-2 if device.type == "cuda" and len(losses) > 1 else -1].item()
-            seen += len(positions) * ctx.world
-            rate = seen / (time.perf_counter() - started)
-            run.progress(epoch=epoch, step=step, steps_per_epoch=steps_per_epoch, loss=shown, lr=lr)
-            yield {"type": "step", "epoch": epoch, "step": step, "steps_per_epoch": steps_per_epoch,
-                   "loss": shown, "lr": lr, "img_per_s": rate}
-            if ctx.any(stop.is_set()):
-                path = run.checkpoint("last.pt", _resume_state(ckpt_meta, model, optimizer, ema, epoch, step,
-                                                               best_auc, bad_epochs, {}))
-                run.status(state="stopped", epoch=epoch, step=step,
-                           message=f"stopped at step {step}; resume with --resume {run.path}")
-                yield {"type": "stopped", "path": str(path), "step": step, "run_dir": str(run.path)}
-                return
-
-        if ema is not None:
-            eval_model.load_state_dict(ema.state)
-        train_loss = torch.stack(losses).float().mean().item() if losses else float("nan")
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss,
-                   **_validate(eval_model, store, val_idx, normalization, cfg, ctx), "lr": lr,
-                   "seconds": time.perf_counter() - started}
-        improved = metrics["val_auc"] > best_auc
-        best_auc, bad_epochs = (metrics["val_auc"], 0) if improved else (best_auc, bad_epochs + 1)
-        early = cfg.patience > 0 and bad_epochs >= cfg.patience
-        done = early or epoch + 1 == cfg.epochs
-        run.epoch_end(metrics, best_auc)
-        yield {"type": "epoch", "epoch": epoch + 1, "metrics": metrics, "best_auc": best_auc}
-        resume_state = _resume_state(ckpt_meta, model, optimizer, ema, epoch + 1, step, best_auc, bad_epochs,
-                                     metrics, finished=done)
-        if improved:
-            best = {k: v for k, v in resume_state.items() if k not in ("optimizer", "train_state_dict")}
-            yield {"type": "checkpoint", "path": str(run.checkpoint("best.pt", best)), "best": True}
-        yield {"type": "checkpoint", "path": str(run.checkpoint("last.pt", resume_state)), "best": False}
-        if done:
-            message = f"trained {epoch + 1} epochs"
-            if early and epoch + 1 < cfg.epochs:
-                message = f"early stop after {epoch + 1} epochs: no AUC gain for {cfg.patience} epochs"
-            run.status(state="finished", epoch=epoch + 1, step=step, message=message)
-            yield {"type": "finished", "run_dir": str(run.path), "best_auc": best_auc, "message": message}
-            return
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    normalization = run.classifier.normalization
+    generator = torch.Generator(device=device)
+    started, losses, seen = time.perf_counter(), [], 0
+    for s in range(run.step - epoch * run.steps_per_epoch, run.steps_per_epoch):
+        run.lr = scheduled_lr(cfg, run.step, run.steps_per_epoch)
+        for g in run.optimizer.param_groups:
+            g["lr"] = run.lr
+        positions, positions_on_device = order[s, ctx.rank], order_on_device[s, ctx.rank]
+        seed = (cfg.seed * 1_000_003 + run.step) * 64 + ctx.rank
+        torch.manual_seed(seed)  # dropout
+        generator.manual_seed(seed)  # augmentation
+        x = run.patches.batch(positions, positions_on_device)  # (B, 96, 96, 3) uint8
+        if cfg.augment:
+            inputs = augment_batch(x, normalization, cfg.crop, cfg.jitter, generator)
+        else:
+            inputs = to_model_input(x, normalization, cfg.crop)
+        inputs = inputs.contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+            logits = wrapped(inputs).float().reshape(-1)
+        loss = F.binary_cross_entropy_with_logits(logits, run.labels[positions_on_device])
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        if run.ema is not None:
+            run.ema.update(model, run.step)
+        run.step += 1
+        # Reading a loss waits for its step to finish. On a GPU, read the one before: by now it is done,
+        # and the device keeps one step queued instead of idling while Python prepares the next.
+        losses.append(loss.detach())
+        shown = losses[-2 if device.type == "cuda" and len(losses) > 1 else -1].item()
+        seen += len(positions) * ctx.world
+        yield {"type": "step", "epoch": epoch, "step": run.step, "steps_per_epoch": run.steps_per_epoch,
+               "loss": shown, "lr": run.lr, "img_per_s": seen / (time.perf_counter() - started)}
+        if ctx.any(stop.is_set()):
+            return None
+    return torch.stack(losses).float().mean().item() if losses else float("nan")
 
 
-def _validate(model: nn.Module, store: PatchStore, val_idx: np.ndarray, normalization: dict,
-              cfg: TrainConfig, ctx: Distributed) -> dict:
-    """val_loss and val_auc over all of val_idx; under torchrun each rank predicts a shard."""
-    shard = ctx.shard(val_idx)
-    shard_prob = evaluate(model, store, shard, normalization, cfg.crop, ctx.device, cfg.val_tta,
-                          cfg.precision)["prob"] if len(shard) else np.empty(0, np.float32)
-    prob = ctx.unshard(ctx.gather(shard_prob))
-    return scores(store.labels[val_idx], prob)
+def evaluate(classifier: Classifier, store: PatchStore, indices: np.ndarray, tta: int = 1,
+             precision: str = "auto", ctx: Distributed | None = None) -> dict:
+    """val_loss and val_auc of `classifier` on patches `indices` (under torchrun each rank predicts a shard).
+
+    Returns:
+        dict with val_loss (binary cross-entropy) and val_auc (NaN with a single class).
+    """
+    ctx = ctx or Distributed(str(next(classifier.module.parameters()).device))
+    shard = ctx.shard(indices)
+    prob = (predict([classifier], store, shard, tta=tta, device=ctx.device, precision=precision)["prob"]
+            if len(shard) else np.empty(0, np.float32))
+    return loss_and_auc(store.labels[indices], ctx.unshard(ctx.gather(prob)))
 
 
-def _resume_state(meta: dict, model: nn.Module, optimizer: torch.optim.Optimizer, ema: _EMA | None,
-                  epoch: int, step: int, best_auc: float, bad_epochs: int, metrics: dict,
-                  finished: bool = False) -> dict:
-    """A checkpoint: weights to use (EMA ones when kept) plus what an exact resume needs."""
-    weights = {k: v.detach().cpu() for k, v in (ema.state if ema else model.state_dict()).items()}
-    return {**meta, "state_dict": weights, "epoch": epoch, "step": step, "metrics": metrics,
-            "best_auc": best_auc, "bad_epochs": bad_epochs, "finished": finished,
-            "train_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict()}
-
+def _end_epoch(run: _Run, folder: RunFolder, epoch: int, metrics: dict) -> Iterator[dict]:
+    """Early stopping, best/last checkpoints and the epoch's events; sets `run.done` on the last epoch."""
+    cfg = run.cfg
+    improved = metrics["val_auc"] > run.best_auc
+    run.best_auc, run.bad_epochs = (metrics["val_auc"], 0) if improved else (run.best_auc, run.bad_epochs + 1)
+    early = cfg.patience > 0 and run.bad_epochs >= cfg.patience
+    run.done = early or epoch + 1 == cfg.epochs
+    folder.epoch_end(metrics, run.best_auc)
+    yield {"type": "epoch", "epoch": epoch + 1, "metrics": metrics, "best_auc": run.best_auc}
+    ckpt = run.checkpoint(epoch + 1, metrics, finished=run.done)
+    if improved:
+        best = {k: v for k, v in ckpt.items() if k not in ("optimizer", "train_state_dict")}
+        yield {"type": "checkpoint", "path": str(folder.checkpoint("best.pt", best)), "best": True}
+    yield {"type": "checkpoint", "path": str(folder.checkpoint("last.pt", ckpt)), "best": False}
+    if run.done:
+        message = f"trained {epoch + 1} epoch{'s' if epoch else ''}"
+        if early and epoch + 1 < cfg.epochs:
+            message = f"early stop after {epoch + 1} epochs: no AUC gain for {cfg.patience} epochs"
+        folder.status(state="finished", epoch=epoch + 1, step=run.step, message=message)
+        yield {"type": "finished", "run_dir": str(folder.path), "best_auc": run.best_auc, "message": message}

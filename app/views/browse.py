@@ -1,15 +1,13 @@
 """Browse: a paginated grid of patches, filtered and sorted by label, prediction, error, doubt and verdict."""
 
-import numpy as np
 import streamlit as st
 
-from app import ui
+from app import sidebar, ui
+from pcam_core import review
 
 SORTS = {"dataset order": None, "probability, high first": ("prob", False),
          "probability, low first": ("prob", True), "loss, high first": ("loss", False),
          "uncertainty, high first": ("priority", False)}
-OUTCOMES = ["any", "correct", "false positive", "false negative"]
-VERDICT_FILTERS = ["any", "not reviewed", "agree", "disagree", "unsure"]
 
 
 def first_page() -> None:
@@ -19,7 +17,7 @@ def first_page() -> None:
 ui.header("Browse", "Every patch of a split, with the centre 32x32 outlined. Filter by what the model got "
                     "wrong or is unsure of; the review queue puts first the unreviewed patches that most "
                     "need an eye.")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
 keep = dict(persist_state="session", on_change=first_page)
 
@@ -28,19 +26,22 @@ split = row[0].selectbox("Split", store.split_names(), key="browse_split", **kee
 labelled = store.has_labels(split)
 label = row[1].selectbox("Label", ["any", "tumour", "normal"], key="browse_label", disabled=not labelled,
                          **keep)
-verdict = row[2].selectbox("Verdict", VERDICT_FILTERS, key="browse_verdict", **keep)
+verdict = row[2].selectbox("Verdict", review.VERDICT_FILTERS, key="browse_verdict", **keep)
 tta = row[3].selectbox("TTA views", [1, 2, 4, 8], key="browse_tta", disabled=ctx.run is None, **keep,
                        help="Predictions averaged over flips and rotations; their spread shows disagreement.")
 queue = row[4].toggle("Review queue", key="browse_queue", **keep,
                       help="Unreviewed first, then the patches the model is least sure of or whose "
                            "views disagree.")
 
-table = ui.browse_table(ctx, split, tta)
-has_preds = "prob" in table
+preds = ui.predictions(store, [ctx.run] if ctx.run else [], split, tta)
+table = review.review_table(store, split, ui.review_store().latest(ctx.dataset_key), preds)
+has_preds = preds is not None
+predicted, outcome, low, high, min_priority, sort = "any", "any", 0.0, 1.0, 0.0, "dataset order"
 if has_preds:
     row = st.columns([1, 1, 2, 1, 1])
     predicted = row[0].selectbox("Prediction", ["any", "tumour", "normal"], key="browse_pred", **keep)
-    outcome = row[1].selectbox("Outcome", OUTCOMES, key="browse_outcome", disabled=not labelled, **keep)
+    outcome = row[1].selectbox("Outcome", review.OUTCOMES, key="browse_outcome", disabled=not labelled,
+                               **keep)
     low, high = row[2].slider("Probability range", 0.0, 1.0, (0.0, 1.0), 0.01, key="browse_prob", **keep)
     min_priority = row[3].slider("Min. uncertainty", 0.0, 2.0, 0.0, 0.05, key="browse_priority", **keep,
                                  help="Doubt (1 at p = 0.5) plus twice the TTA spread.")
@@ -49,29 +50,9 @@ else:
     st.info("Choose a trained model in the sidebar to filter and sort by its predictions "
             "(train one on the Train page).")
 
-mask = np.ones(len(table), bool)
-if labelled and label != "any":
-    mask &= table["label"].to_numpy() == (1 if label == "tumour" else 0)
-if verdict == "not reviewed":
-    mask &= table["verdict"].isna().to_numpy()
-elif verdict != "any":
-    mask &= (table["verdict"] == verdict).to_numpy()
-if has_preds:
-    prob = table["prob"].to_numpy()
-    if predicted != "any":
-        mask &= (prob >= 0.5) == (predicted == "tumour")
-    if labelled and outcome != "any":
-        wrong = (prob >= 0.5) != (table["label"].to_numpy() == 1)
-        mask &= {"correct": ~wrong, "false positive": wrong & (prob >= 0.5),
-                 "false negative": wrong & (prob < 0.5)}[outcome]
-    mask &= (prob >= low) & (prob <= high) & (table["priority"].to_numpy() >= min_priority)
-shown = table[mask]
-if queue:
-    keys = [shown["verdict"].notna()] + ([-shown["priority"]] if has_preds else [])
-    shown = shown.iloc[np.lexsort(keys[::-1])]
-elif has_preds and SORTS[sort]:
-    column, ascending = SORTS[sort]
-    shown = shown.sort_values(column, ascending=ascending, kind="stable")
+shown = review.select(table, label=label if labelled else "any", verdict=verdict, predicted=predicted,
+                      outcome=outcome if labelled else "any", prob=(low, high), min_priority=min_priority,
+                      queue=queue, sort=SORTS[sort])
 
 row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",

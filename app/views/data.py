@@ -3,11 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from app import ui
+from app import sidebar, ui
 
 ui.header("Dataset", "The patches the other pages work on. Pick another dataset in the sidebar: the built-in "
                      "demo, the real Kaggle sample, or any folder (Kaggle layout, PCam HDF5 or images).")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
 
 cols = st.columns(4)
@@ -41,7 +41,7 @@ if store.layout == "pcam":
 elif st.button("Rebuild the cache", key="data_pack", help="Decode every file again (after adding or fixing "
                                                            "files)."):
     try:
-        summary = ui.pack_with_progress(store.root, force=True)
+        summary = sidebar.pack_with_progress(store.root, force=True)
     except ValueError as e:
         st.error(f"Packing failed: {e}")
         st.stop()

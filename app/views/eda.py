@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import ui
+from app import sidebar, ui
 
 PLOT = {"displaylogo": False}
 # legend in a row above the plot, on the left: plotly's toolbar takes the top right corner
@@ -18,7 +18,7 @@ LEGEND = dict(legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="lef
 
 ui.header("Explore", "How the patches look by class, from the per-patch statistics computed at packing. "
                      "Look for stain batches, blank background tiles and class imbalance before training.")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
 stats = store.stats
 

@@ -1,11 +1,9 @@
 """Evaluate: ROC and PR curves, a live threshold with its confusion matrix, calibration, worst mistakes."""
 
-import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import ui
+from app import sidebar, ui
 from pcam_core import metrics
 
 PLOT = {"displaylogo": False}
@@ -14,30 +12,26 @@ LAYOUT = dict(height=340, margin=dict(t=40, b=10, l=10, r=10), showlegend=False)
 ui.header("Evaluate", "How well the sidebar's model separates tumour from normal on labelled patches. "
                       "Move the threshold to trade sensitivity against specificity; click a mistake to "
                       "inspect it.")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar (train one on the Train page).")
     st.stop()
 HELD_OUT = "held-out validation patches of this run"
-held_out = ui.validation_indices(str(ctx.run), store, store.fingerprint)
-choices = [HELD_OUT] if held_out is not None else []
-choices += [s for s in store.split_names() if store.has_labels(s)]
+run, mtime = ui.model_key(ctx.run)
+held_out = ui.holdout(run, mtime, store, store.fingerprint)
+choices = {HELD_OUT: "holdout"} if held_out is not None else {}
+choices |= {s: s for s in store.split_names() if store.has_labels(s)}
 if not choices:
     st.warning("This dataset has no labelled patches to evaluate on.")
     st.stop()
 
 row = st.columns([2, 1, 3])
-split = row[0].selectbox("Patches", choices, key="eval_split",
+split = row[0].selectbox("Patches", list(choices), key="eval_split",
                          help="A whole split includes the patches the model trained on and scores "
                               "optimistically; the run's held-out validation patches do not.")
 tta = row[1].selectbox("TTA views", [1, 2, 4, 8], key="eval_tta")
-if split == HELD_OUT:
-    parts = [ui.predictions(ctx, s, tta) for s in np.unique(store.splits[held_out])]
-    preds = pd.concat(parts, ignore_index=True)
-    preds = preds[np.isin(preds["index"], held_out)]
-else:
-    preds = ui.predictions(ctx, split, tta)
+preds = ui.predictions(store, [ctx.run], choices[split], tta)  # held out: scores only those patches
 y, p = preds["label"].to_numpy(), preds["prob"].to_numpy()
 try:
     head = ui.headline_metrics(y, p)

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import images, ui
+from app import images, sidebar, ui
 from pcam_core.cam import METHODS, TARGETS, centre_focus, overlay
+from pcam_core.data import PatchStore
 from pcam_core.review import VERDICTS
 
 SCALE = 4  # 96 px -> 384 px on screen
@@ -14,8 +15,37 @@ VIEW_NAMES = ["original", "rot 90", "rot 180", "rot 270", "flip", "flip + rot 90
 
 ui.header("Inspect", "A patch at 4x with its centre 32x32 outlined, what the model says under each flip and "
                      "rotation, where it looks (CAM), and your verdict on whether tumour lies in the centre.")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
+
+
+def go_to_patch(index: int) -> None:
+    st.session_state["inspect_index"] = int(index)
+
+
+def go_to_typed_id(store: PatchStore) -> None:
+    """Callback of the id box: jump to that patch, outside any filter."""
+    typed = st.session_state.get("inspect_goto", "").strip()
+    st.session_state["inspect_goto"] = ""
+    if not typed:
+        return
+    try:
+        st.session_state["inspect_index"] = int(store.index_of([typed])[0])
+        st.session_state["inspect_order"] = None
+    except ValueError as e:
+        st.session_state["inspect_goto_error"] = str(e)
+
+
+def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None) -> None:
+    """Callback of the verdict buttons: appends the verdict at once and confirms it."""
+    try:
+        ui.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
+                                 note=st.session_state.get(note_key, ""),
+                                 checkpoint=str(ctx.run) if ctx.run else "", prob=prob)
+    except ValueError as e:
+        st.session_state["verdict_error"] = str(e)
+        return
+    st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
 
 
 @st.fragment
@@ -80,12 +110,12 @@ with dataset_tab:
     at = int(position[0]) if len(position) else 0
     nav = st.columns([1, 1, 3, 2])
     nav[0].button("Previous", key="inspect_prev", disabled=at == 0, icon=":material/arrow_back:",
-                  on_click=ui.go_to_patch, args=(int(order[max(at - 1, 0)]),))
+                  on_click=go_to_patch, args=(int(order[max(at - 1, 0)]),))
     nav[1].button("Next", key="inspect_next", disabled=at >= len(order) - 1, icon=":material/arrow_forward:",
-                  on_click=ui.go_to_patch, args=(int(order[min(at + 1, len(order) - 1)]),))
+                  on_click=go_to_patch, args=(int(order[min(at + 1, len(order) - 1)]),))
     nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter")
     nav[3].text_input("Go to id", key="inspect_goto", placeholder="go to patch id",
-                      on_change=ui.go_to_typed_id, args=(store,), label_visibility="collapsed")
+                      on_change=go_to_typed_id, args=(store,), label_visibility="collapsed")
     if st.session_state.get("inspect_goto_error"):
         st.error(st.session_state.pop("inspect_goto_error"))
 
@@ -117,7 +147,7 @@ with dataset_tab:
     for col, verdict in zip(buttons, VERDICTS, strict=False):
         col.button(verdict.capitalize(), key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
                    type="primary" if verdict == "agree" else "secondary", width="stretch",
-                   on_click=ui.save_verdict, args=(ctx, patch_id, verdict, f"inspect_note_{index}", prob))
+                   on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob))
     if len(history):
         with st.expander(f"History of this patch ({len(history)} verdicts)"):
             st.dataframe(history[["created", "reviewer", "verdict", "note", "checkpoint", "prob"]],

@@ -6,26 +6,25 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import ui
-from pcam_core import jobs
-from pcam_core.config import runs_dir
+from app import sidebar, ui
+from pcam_core import runs
 from pcam_core.submission import build_submission, validate_submission
 
 ui.header("Submit", "A Kaggle submission: one tumour probability per test patch (probabilities, not 0/1 "
                     "labels, since Kaggle scores ROC AUC). Several models are averaged.")
-ctx = ui.context()
+ctx = sidebar.context()
 store = ctx.store
 if "test" not in store.split_names():
     st.warning(f"{store.root.name} has no test patches to submit "
                f"(its splits: {', '.join(store.split_names())}).")
     st.stop()
-runs = jobs.list_runs(runs_dir())
-runs = runs[runs["checkpoint"]]
-if runs.empty:
+registry = runs.list_runs(runs.runs_dir())
+registry = registry[registry["checkpoint"]]
+if registry.empty:
     st.info("No trained model yet: train one on the Train page.")
     st.stop()
 
-names = dict(zip(runs["run_id"], runs["path"], strict=True))
+names = dict(zip(registry["run_id"], registry["path"], strict=True))
 default = [ctx.run.name] if ctx.run is not None and ctx.run.name in names else list(names)[:1]
 row = st.columns([3, 1])
 chosen = row[0].multiselect("Models", list(names), default=default, key="submit_models",
@@ -43,7 +42,7 @@ if st.session_state.get("submit_request") != (tuple(chosen), tta):
                "request for the same models is instant.")
     st.stop()
 
-preds = ui.predictions(ctx, "test", tta, runs=[Path(names[c]) for c in chosen])
+preds = ui.predictions(store, [Path(names[c]) for c in chosen], "test", tta)
 try:
     table = build_submission(preds, store)
 except ValueError as e:

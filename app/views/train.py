@@ -6,17 +6,17 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import ui
-from pcam_core import jobs
-from pcam_core.config import SCHEDULES, TrainConfig, runs_dir
+from app import sidebar, ui
+from pcam_core import jobs, runs
+from pcam_core.config import SCHEDULES, TrainConfig
 from pcam_core.models import list_models
 
 ui.header("Train", "Train a classifier on this dataset as a background job: it keeps running when you "
                    "close the tab, and its checkpoints appear in the sidebar's model list. One job runs "
                    "per device.")
-ctx = ui.context()
+ctx = sidebar.context()
 device = ui.device_spec()
-busy = jobs.active_job(runs_dir(), device)
+busy = jobs.active_job(runs.runs_dir(), device)
 
 with st.form("train_form"):
     st.markdown(f"**New run** on `{ctx.store.root.name}` ({len(ctx.store):,} patches), device {ctx.device}")
@@ -58,35 +58,35 @@ if started:
         st.stop()
     st.rerun()
 
-runs = jobs.list_runs(runs_dir())
+registry = runs.list_runs(runs.runs_dir())
 st.subheader("Runs")
-if runs.empty:
+if registry.empty:
     st.caption("No runs yet. Start one above: base_cnn for 3 epochs on the demo data takes a couple of "
                "minutes on two CPU cores.")
     st.stop()
 picked = st.dataframe(
-    runs.drop(columns=["path", "checkpoint"]), hide_index=True, key="train_runs", on_select="rerun",
+    registry.drop(columns=["path", "checkpoint"]), hide_index=True, key="train_runs", on_select="rerun",
     selection_mode="single-row",
     column_config={"best_auc": st.column_config.NumberColumn("best AUC", format="%.4f"),
                    "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
                    "run_id": "run"})
 rows = picked.selection.rows
 if rows:
-    st.session_state["train_run"] = runs["path"].iloc[rows[0]]
+    st.session_state["train_run"] = registry["path"].iloc[rows[0]]
 current = st.session_state.get("train_run")
-if current not in set(runs["path"]):
-    current = str(busy) if busy is not None else runs["path"].iloc[0]
+if current not in set(registry["path"]):
+    current = str(busy) if busy is not None else registry["path"].iloc[0]
 run = Path(current)
 
 
 @st.fragment(run_every=2)
 def live(run: Path) -> None:
     """Polls the run folder: progress, curves, and Stop/Resume; reruns the app when the job ends."""
-    status = jobs.status(run)
+    status = runs.status(run)
     state = status["state"]
     st.markdown(f"#### {run.name}: {state}")
     epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
-    if state in jobs.ACTIVE_STATES and epochs:
+    if state in runs.ACTIVE_STATES and epochs:
         step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
         done = (min(epoch, epochs) + (step / steps if steps else 0)) / epochs
         st.progress(min(done, 1.0),
@@ -95,7 +95,7 @@ def live(run: Path) -> None:
         st.progress(0.0, text="starting (loading the data and the model)")
     if status["message"]:
         (st.error if state == "failed" else st.caption)(status["message"])
-    table = jobs.metrics(run)
+    table = runs.metrics(run)
     if len(table):
         left, right = st.columns(2)
         layout = dict(height=260, margin=dict(t=30, b=10), xaxis_title="epoch")
@@ -104,7 +104,7 @@ def live(run: Path) -> None:
         left.plotly_chart(loss.update_layout(title="loss", **layout), key="train_loss_chart")
         auc = go.Figure(go.Scatter(x=table["epoch"], y=table["val_auc"], mode="lines+markers"))
         right.plotly_chart(auc.update_layout(title="validation ROC AUC", **layout), key="train_auc_chart")
-    if state in jobs.ACTIVE_STATES:
+    if state in runs.ACTIVE_STATES:
         if st.button("Stop", key="train_stop", icon=":material/stop:",
                      help="Saves a resumable checkpoint, then ends the job."):
             jobs.stop(run)
@@ -120,7 +120,7 @@ def live(run: Path) -> None:
         st.code(jobs.log_tail(run), language=None)
     previous = st.session_state.get(f"train_seen_{run.name}")
     st.session_state[f"train_seen_{run.name}"] = state
-    if previous in jobs.ACTIVE_STATES and state not in jobs.ACTIVE_STATES:
+    if previous in runs.ACTIVE_STATES and state not in runs.ACTIVE_STATES:
         st.rerun(scope="app")  # the finished run's checkpoint joins the sidebar's model list
 
 

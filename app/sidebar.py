@@ -1,0 +1,156 @@
+"""The shared sidebar: the dataset, the reviewer and the model, kept in a `Context` every page reads.
+
+The entry file calls `sidebar()` on every run, before the page; a page calls `context()`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app import ui
+from pcam_core import runs
+from pcam_core.data import PatchStore, is_packed
+
+DEMO_LABEL, SAMPLE_LABEL, FOLDER_LABEL = "Built-in demo", "Kaggle sample", "Folder path"
+NO_MODEL = "(no model)"
+
+
+@dataclass
+class Context:
+    """What the sidebar chose, shared by every page."""
+
+    store: PatchStore
+    dataset_key: str  # the key of this dataset's verdicts: its resolved folder path
+    reviewer: str
+    run: Path | None  # the chosen model's run folder, or None
+    device: str
+
+
+def pack_with_progress(folder: Path, force: bool = False) -> str:
+    """Packs a folder with a progress bar; returns the command's summary line.
+
+    It runs as `python -m pcam_core pack` in a child process, not in the server: packing forks
+    worker processes, and a fork of the multi-threaded Streamlit server can deadlock.
+    """
+    bar = st.progress(0.0, text=f"Packing {folder.name}: decoding every patch once")
+    command = [sys.executable, "-m", "pcam_core", "pack", "--data", str(folder)]
+    if force:
+        command.append("--force")
+    proc = subprocess.Popen(command, cwd=ui.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail = ""
+    for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # tqdm: "... 2500/5500 [00:12<...]"
+        tail = (tail + chunk.decode(errors="replace"))[-2000:]
+        counts = re.findall(r"(\d+)/(\d+) \[", tail)
+        if counts:
+            done, total = map(int, counts[-1])
+            bar.progress(done / max(total, 1), text=f"Packing {folder.name}: {done:,} of {total:,} patches")
+    summary = proc.stdout.read().decode(errors="replace").strip()
+    bar.empty()
+    if proc.wait() != 0:
+        errors = [line for line in re.split(r"[\r\n]", tail) if line.startswith("error:")]
+        raise ValueError(errors[-1].removeprefix("error: ") if errors else f"packing failed: {tail[-300:]}")
+    return summary
+
+
+def open_store(path: str | Path) -> PatchStore:
+    """Opens a dataset folder (cached per folder and its modification time); the first open in a
+    session packs a folder that has no current cache, with a progress bar."""
+    folder = Path(path).expanduser().resolve()
+    checked = st.session_state.setdefault("checked_folders", set())
+    if str(folder) not in checked:
+        if not is_packed(folder):
+            pack_with_progress(folder)
+        checked.add(str(folder))
+    return ui.open_dataset(str(folder), folder.stat().st_mtime)
+
+
+def dataset_picker() -> tuple[PatchStore, str]:
+    """Sidebar choice of dataset: the demo, the real sample when present, or a typed folder."""
+    demo = Path(os.environ.get("PCAM_DATA", ui.REPO / "data" / "demo"))
+    # `make run DATA=...` starts the app on the user's own folder: name it, not "demo" (a demo set has masks)
+    is_demo = (demo / "tumour_masks.npz").is_file() or not demo.is_dir()
+    start_label = DEMO_LABEL if is_demo else f"Started with: {demo.name}"
+    sample = os.environ.get("PCAM_SAMPLE_DIR")
+    sources = [start_label] + ([SAMPLE_LABEL] if sample else []) + [FOLDER_LABEL]
+    source = st.sidebar.radio("Dataset", sources, key="dataset_source", persist_state="session")
+    if source == FOLDER_LABEL:
+        typed = st.sidebar.text_input("Folder", key="dataset_folder", persist_state="session",
+                                      placeholder="/data/histopathologic-cancer-detection",
+                                      help="A Kaggle folder (train/, train_labels.csv), a PCam HDF5 "
+                                           "folder or a folder of images. It is only read.")
+        if not typed.strip():
+            st.info("Type a dataset folder in the sidebar, or pick the built-in demo.")
+            st.stop()
+        path = Path(typed.strip()).expanduser()
+    else:
+        path = Path(sample) if source == SAMPLE_LABEL else demo
+    if not path.is_dir():
+        hint = " Run `make demo` to create it." if source == DEMO_LABEL else ""
+        st.error(f"No dataset folder at {path}.{hint}")
+        st.stop()
+    try:
+        store = open_store(path)
+    except (ValueError, FileNotFoundError, PermissionError, OSError) as e:
+        st.error(f"Cannot open {path} as a dataset: {e}")
+        st.stop()
+    if source == FOLDER_LABEL:
+        with st.sidebar.expander("Dataset summary", expanded=False):
+            st.code(store.describe(), language=None)
+    return store, str(store.root.resolve())
+
+
+def _pin_model() -> None:
+    st.session_state["model_pinned"] = True
+
+
+def model_picker() -> Path | None:
+    """Sidebar choice of a trained model among the runs that have a checkpoint, newest first.
+
+    Until the user picks one, it follows the newest finished run, so a model trained on the Train
+    page is used everywhere as soon as it finishes.
+    """
+    table = runs.list_runs(runs.runs_dir())
+    table = table[table["checkpoint"]].set_index("run_id")
+    options = [NO_MODEL, *table.index]
+    if not st.session_state.get("model_pinned") or st.session_state.get("model_choice") not in options:
+        finished = table.index[table["state"] == "finished"]
+        st.session_state["model_choice"] = finished[0] if len(finished) else options[min(1, len(table))]
+
+    def label(run_id: str) -> str:
+        auc = table["best_auc"].get(run_id)
+        return run_id if run_id == NO_MODEL or pd.isna(auc) else f"{run_id} · AUC {auc:.3f}"
+
+    choice = st.sidebar.selectbox("Model", options, key="model_choice", format_func=label,
+                                  on_change=_pin_model, help="Trained on the Train page; its predictions "
+                                                             "feed Browse, Inspect, Evaluate and Submit.")
+    return None if choice == NO_MODEL else Path(table.loc[choice, "path"])
+
+
+def sidebar() -> Context:
+    """Renders the shared sidebar and keeps its choices for the pages."""
+    store, key = dataset_picker()
+    if st.session_state.get("inspect_dataset") != key:  # Inspect's place and order belong to one dataset
+        st.session_state["inspect_dataset"] = key
+        st.session_state.pop("inspect_index", None)
+        st.session_state.pop("inspect_order", None)
+    reviewer = st.sidebar.text_input("Reviewer", key="reviewer", persist_state="session",
+                                     placeholder="your name", help="Recorded with every verdict you give.")
+    run = model_picker()
+    device = ui.device_label()
+    st.sidebar.caption(f"Device: {device}")
+    ctx = Context(store=store, dataset_key=key, reviewer=reviewer.strip(), run=run, device=device)
+    st.session_state["context"] = ctx
+    return ctx
+
+
+def context() -> Context:
+    """The sidebar's choices for this run (the entry file renders the sidebar before the page)."""
+    return st.session_state.get("context") or sidebar()

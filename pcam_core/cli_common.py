@@ -1,0 +1,90 @@
+"""What the command-line modules share: the progress bar, the user errors, rank-aware dataset opening.
+
+Nothing here imports torch at module level, so `info` and `pack` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+# failures a user can cause: `cli.main` turns them into one line on stderr and exit status 2; anything
+# else (KeyError, TypeError, ...) is a bug and keeps its traceback
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+class Bar:
+    """A tqdm bar driven by `progress(done, total)` callbacks from the library."""
+
+    def __init__(self, desc: str, unit: str = "patch"):
+        self.desc, self.unit, self.bar = desc, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, dynamic_ncols=True,
+                            disable=rank() > 0)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def writable_file(path: Path) -> Path:
+    """Fails before any long work when `path` cannot be written (creates its folder)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the folder of {path}: {e.strerror or e}; pick another --out") from e
+    target = path if path.exists() else path.parent
+    if path.is_dir() or not os.access(target, os.W_OK):
+        raise ValueError(f"cannot write {path}: not a writable file path; choose another --out")
+    return path
+
+
+def open_store(data: Path):
+    from pcam_core.data import open_dataset
+
+    bar = Bar("pack")
+    try:
+        return open_dataset(data, progress=bar)
+    finally:
+        bar.close()
+
+
+class ReportedByRankZero(ValueError):
+    """An error rank 0 has already printed; the other ranks exit without repeating it."""
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints results and writes files.
+
+    Read from the environment, not `distributed.Distributed`, so commands that never touch torch start fast.
+    """
+    return int(os.environ.get("RANK", "0"))
+
+
+def open_store_ranked(args: argparse.Namespace):
+    """`open_store`, except under torchrun: rank 0 packs the data while the other ranks wait, then they
+    open the cache it wrote (several ranks packing one folder at once would each do all the work)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return open_store(args.data)
+    from pcam_core.data import open_dataset
+    from pcam_core.distributed import Distributed
+
+    ctx = Distributed(args.device)
+    store, failure = None, None
+    if ctx.main:
+        try:
+            store = open_store(args.data)
+        except USER_ERRORS as e:
+            failure = e
+    message = ctx.same(str(failure) if failure else None)  # also the barrier the other ranks wait at
+    if failure:
+        raise failure
+    if message:
+        raise ReportedByRankZero(message)
+    return store or open_dataset(args.data)

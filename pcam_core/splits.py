@@ -1,0 +1,96 @@
+"""Which patches train and which validate: one answer for training, the CLI, the app and the benchmarks.
+
+`split_train_val` draws a run's split (a CSV of ids, else the data's own valid split, else stratified by
+label and seeded); the run saves the validation ids it drew as val_ids.csv, and `holdout_indices` reads
+them back, so "the patches this run held out" is what the run wrote, never a re-derivation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from pcam_core import runs
+from pcam_core.config import TrainConfig
+from pcam_core.data import PatchStore
+
+
+def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Store indices (train, validation): a CSV of ids, else the data's valid split, else stratified val_frac.
+
+    Raises:
+        ValueError: no labels, a single class, or a validation split too small to measure AUC.
+    """
+    train = store.split_indices("train") if "train" in store.split_names() else np.empty(0, np.int64)
+    train = train[store.labels[train] >= 0]
+    if not len(train):
+        raise ValueError(f"{store.root} has no training labels: training needs train_labels.csv (Kaggle), "
+                         f"the *_y.h5 files (PCam) or a labels CSV (image folder)")
+    if cfg.val_ids:
+        val = _listed_ids(store, Path(cfg.val_ids))
+        train = np.setdiff1d(train, val)
+    elif "valid" in store.split_names() and store.has_labels("valid"):
+        val = store.split_indices("valid")
+    else:
+        labels = store.labels[train]
+        smallest = np.bincount(labels, minlength=2).min()
+        if smallest and round(smallest * cfg.val_frac) < 1:
+            raise ValueError(f"too little data to validate: the rarer class has {smallest} patches, so "
+                             f"val_frac={cfg.val_frac} holds out none of it; raise --val-frac or add data")
+        if smallest:
+            train, val = train_test_split(train, test_size=cfg.val_frac, stratify=labels,
+                                          random_state=cfg.seed)
+        else:
+            val = train[:0]
+    for name, idx in (("training", train), ("validation", val)):
+        counts = np.bincount(store.labels[idx], minlength=2)
+        if (counts == 0).any():
+            raise ValueError(f"the {name} split has only one class ({counts[0]} normal, {counts[1]} tumour): "
+                             f"AUC and training need both; check the labels or use more data")
+    return np.sort(train), np.sort(val)
+
+
+def _listed_ids(store: PatchStore, path: Path) -> np.ndarray:
+    """Store indices of the labelled patches a CSV with an `id` column names."""
+    if not path.is_file():
+        raise FileNotFoundError(f"validation id list {path} not found")
+    table = pd.read_csv(path, dtype=str)
+    if "id" not in table.columns:
+        raise ValueError(f"{path} has no `id` column (columns: {list(table.columns)})")
+    val = store.index_of(table["id"])
+    unlabelled = int((store.labels[val] < 0).sum())
+    if unlabelled:
+        raise ValueError(f"{path} names {unlabelled} unlabelled patch(es) (e.g. test ids); validation needs "
+                         f"labelled ones")
+    return val
+
+
+def holdout_indices(run_dirs: list[str | Path], store: PatchStore) -> np.ndarray:
+    """Store indices that none of the given runs trained on: the intersection of their val_ids.csv.
+
+    Args:
+        run_dirs: run folders, or checkpoint files inside them.
+        store: the dataset the runs trained on.
+
+    Raises:
+        ValueError: a run trained on other data (or does not say), or the runs' held-out patches do not
+            overlap.
+    """
+    held = None
+    root = Path(store.root).resolve()
+    for given in run_dirs:
+        run_dir = runs.run_folder_of(given)
+        data = TrainConfig.load(run_dir / "config.json").data if (run_dir / "config.json").is_file() else ""
+        if not data or Path(data).expanduser().resolve() != root:
+            raise ValueError(f"run {run_dir.name} was trained on {data or 'unrecorded data'}, not {root}, so "
+                             "its held-out patches are unknown here; choose a split instead")
+        val = np.sort(store.index_of(runs.val_ids(run_dir)))
+        held = val if held is None else np.intersect1d(held, val)
+    if held is None:
+        raise ValueError("no run given")
+    if not len(held):
+        raise ValueError("the runs' validation splits share no patch; evaluate them one at a time")
+    return held
