@@ -300,8 +300,10 @@ def _field_problem(ckpt: dict) -> str | None:
     """What is wrong with a checkpoint's fields, or None."""
     if not isinstance(ckpt["model_name"], str) or not ckpt["model_name"]:
         return "model_name is not a name"
-    if not isinstance(ckpt["model_args"], dict) or not set(ckpt["model_args"]) <= {"input_size"}:
-        return f"model_args {ckpt['model_args']!r} is not a dict of known arguments (input_size)"
+    known = set(model_args_for(ckpt["model_name"], PATCH))
+    if not isinstance(ckpt["model_args"], dict) or not set(ckpt["model_args"]) <= known:
+        return (f"model_args {ckpt['model_args']!r} are not arguments {ckpt['model_name']} takes "
+                f"({sorted(known) or 'none'})")
     norm = ckpt["normalization"]
     def three_numbers(values) -> bool:
         return (isinstance(values, (list, tuple)) and len(values) == 3

@@ -2,7 +2,7 @@
 
 import time
 
-from pcam_core import jobs
+from pcam_core import jobs, runs
 
 pytest_plugins = ["apptest"]
 
@@ -19,10 +19,10 @@ def test_training_from_the_form_runs_to_completion(open_app, page_text, tmp_path
     at.form_submit_button[0].click().run()
     assert not at.exception
 
-    run = jobs.list_runs(tmp_path / "runs")["path"].iloc[0]
+    run = runs.list_runs(tmp_path / "runs")["path"].iloc[0]
     assert at.session_state["train_run"] == run
     deadline = time.monotonic() + 240
-    while jobs.status(run)["state"] in jobs.ACTIVE_STATES or jobs.status(run)["alive"]:
+    while runs.status(run)["state"] in runs.ACTIVE_STATES or runs.status(run)["alive"]:
         assert time.monotonic() < deadline, jobs.log_tail(run)
         time.sleep(0.5)
 
@@ -31,8 +31,39 @@ def test_training_from_the_form_runs_to_completion(open_app, page_text, tmp_path
     text = page_text(at)
     assert ": finished" in text, jobs.log_tail(run)
     assert len(at.get("plotly_chart")) == 2  # loss and AUC curves
-    runs = at.dataframe[0].value
-    assert runs["state"].tolist() == ["finished"] and runs["model"].tolist() == ["base_cnn"]
+    table = at.dataframe[0].value
+    assert table["state"].tolist() == ["finished"] and table["model"].tolist() == ["base_cnn"]
     config = at.json[0].value
     assert '"val_frac": 0.2' in config and '"augment": false' in config
-    assert at.sidebar.selectbox(key="model_choice").value == runs["run_id"].iloc[0]  # used from now on
+    assert at.sidebar.selectbox(key="model_choice").value == table["run_id"].iloc[0]  # used from now on
+
+
+def wait_until(run: str, done) -> dict:
+    deadline = time.monotonic() + 240
+    while not done(status := runs.status(run)):
+        assert time.monotonic() < deadline, jobs.log_tail(run)
+        time.sleep(0.3)
+    return status
+
+
+def test_stop_then_resume_from_the_page_ends_with_every_epoch(open_app, page_text, tmp_path):
+    at = open_app("train")
+    at.selectbox(key="train_model").set_value("base_cnn")
+    at.number_input(key="train_epochs").set_value(2)
+    at.selectbox(key="train_batch").set_value(32)
+    at.form_submit_button[0].click().run()
+    run = at.session_state["train_run"]
+    wait_until(run, lambda s: (s.get("step") or 0) > 0)
+    at.run()
+    at.button(key="train_stop").click().run()
+    assert not at.exception
+    stopped = wait_until(run, lambda s: not s["alive"])
+    assert stopped["state"] == "stopped", jobs.log_tail(run)
+
+    at.run()  # the page's next poll sees the job ended: Resume is offered and enabled
+    assert "stopped" in page_text(at) and not at.button(key="train_resume").disabled
+    at.button(key="train_resume").click().run()
+    assert not at.exception
+    finished = wait_until(run, lambda s: s["state"] == "finished" and not s["alive"])
+    assert finished["epoch"] == 2
+    assert runs.metrics(run)["epoch"].tolist() == [1, 2]

@@ -11,17 +11,15 @@ from torch import nn
 
 from pcam_core import infer
 from pcam_core.data import open_dataset
-from pcam_core.models import create_model, model_args_for, normalization_for, save_checkpoint
+from pcam_core.models import Classifier, load
+
+HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
 
 
 def untrained_checkpoint(path, name: str = "base_cnn", crop: int = 96, seed: int = 0):
     """A checkpoint file of a freshly initialised registered model (what `train` writes, minus training)."""
     torch.manual_seed(seed)
-    model = create_model(name, **model_args_for(name, crop))
-    save_checkpoint({"state_dict": model.state_dict(), "model_name": name,
-                     "model_args": model_args_for(name, crop), "normalization": normalization_for(model),
-                     "config": {"crop": crop}, "epoch": 0, "metrics": {}}, path)
-    return path
+    return Classifier.new(name, crop).save(path)
 
 
 class PointwiseNet(nn.Module):
@@ -46,89 +44,107 @@ def ckpt(tmp_path_factory):
     return untrained_checkpoint(tmp_path_factory.mktemp("ckpt") / "base_cnn.pt")
 
 
-def test_predictions_do_not_depend_on_batch_size(store, ckpt):
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return load(ckpt)
+
+
+def test_predictions_do_not_depend_on_batch_size(store, model):
     idx = np.arange(50)
-    runs = [infer.predict(ckpt, store, idx, batch_size=b, precision="fp32")["prob"] for b in (50, 16, 1)]
+    runs = [infer.predict([model], store, idx, batch_size=b, precision="fp32")["prob"] for b in (50, 16, 1)]
     assert runs[0].shape == (50,) and runs[0].dtype == np.float32
     assert np.ptp(runs[0]) > 0  # the patches do give different outputs
     for other in runs[1:]:
         np.testing.assert_allclose(other, runs[0], atol=1e-5)
-    bf16 = infer.predict(ckpt, store, idx, batch_size=16, precision="bf16")["prob"]
+    bf16 = infer.predict([model], store, idx, batch_size=16, precision="bf16")["prob"]
     np.testing.assert_allclose(bf16, runs[0], atol=2e-2)
 
 
 def test_tta_on_an_invariant_model_changes_nothing(store):
     torch.manual_seed(0)
-    pair = (PointwiseNet().eval(), {"normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+    pointwise = [Classifier(PointwiseNet().eval(), "pointwise", {}, HALF)]
     idx = np.arange(20)
-    one = infer.predict(pair, store, idx, tta=1, precision="fp32")
-    eight = infer.predict(pair, store, idx, tta=8, precision="fp32")
+    one = infer.predict(pointwise, store, idx, tta=1, precision="fp32")
+    eight = infer.predict(pointwise, store, idx, tta=8, precision="fp32")
     assert eight["views"].shape == (20, 8)
     np.testing.assert_allclose(eight["prob"], one["prob"], atol=1e-6)
     assert eight["spread"].max() < 1e-6 and np.ptp(one["prob"]) > 0
 
 
-def test_tta_views_of_an_oriented_model_differ(store, ckpt):
-    out = infer.predict(ckpt, store, np.arange(10), tta=4, precision="fp32")
+def test_tta_views_of_an_oriented_model_differ(store, model):
+    out = infer.predict([model], store, np.arange(10), tta=4, precision="fp32")
     assert out["views"].shape == (10, 4) and out["spread"].max() > 0
     np.testing.assert_allclose(out["prob"], out["views"].mean(axis=1), rtol=1e-6)
 
 
-def test_ensemble_averages_probabilities(store, ckpt, tmp_path):
-    other = untrained_checkpoint(tmp_path / "other.pt", seed=1)
+def test_ensemble_averages_probabilities(store, model, tmp_path):
+    other = load(untrained_checkpoint(tmp_path / "other.pt", seed=1))
     idx = np.arange(12)
-    a, b = (infer.predict(c, store, idx, precision="fp32")["prob"] for c in (ckpt, other))
-    both = infer.predict([ckpt, other], store, idx, precision="fp32")["prob"]
+    a, b = (infer.predict([c], store, idx, precision="fp32")["prob"] for c in (model, other))
+    both = infer.predict([model, other], store, idx, precision="fp32")["prob"]
     np.testing.assert_allclose(both, (a + b) / 2, atol=1e-6)
 
 
-def test_progress_reaches_the_total(store, ckpt):
+def test_predict_images_equals_predict_on_the_same_pixels(store, model):
+    idx = np.arange(6)
+    from_store = infer.predict([model], store, idx, tta=8, precision="fp32")
+    in_memory = infer.predict_images(model, store.batch(idx), tta=8, device="cpu")
+    np.testing.assert_allclose(in_memory["views"], from_store["views"], atol=1e-5)
+    with pytest.raises(ValueError, match="uint8"):
+        infer.predict_images(model, np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_progress_reaches_the_total(store, model):
     calls = []
-    infer.predict(ckpt, store, np.arange(30), batch_size=8, progress=lambda d, t: calls.append((d, t)))
+    infer.predict([model], store, np.arange(30), batch_size=8, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(8, 30), (16, 30), (24, 30), (30, 30)]
 
 
-def test_predictions_table_is_cached_per_checkpoint_and_data(store, monkeypatch, tmp_path):
+def cached_files(store):
+    return sorted((store.cache_dir / "predictions").glob("test-*.parquet"))
+
+
+def test_predictions_table_is_cached_per_checkpoint_and_data(tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("PCAM_CACHE_DIR", str(tmp_path / "cache"))  # this test's own cache
+    store = open_dataset(demo_dir)
     ckpt = untrained_checkpoint(tmp_path / "a.pt")
-    table = infer.predictions_table(ckpt, store, "test", tta=2)
+    table = infer.predictions_table([ckpt], store, "test", tta=2)
     assert list(table.columns) == ["id", "index", "prob", "spread", "label"]
     assert len(table) == 60 and (table["label"] == -1).all()
     assert table["id"].tolist() == store.ids[store.split_indices("test")].tolist()
-
-    def no_predicting(*args, **kwargs):
-        raise AssertionError("predicted again instead of reading the cache")
-
-    with monkeypatch.context() as m:
-        m.setattr(infer, "predict", no_predicting)
-        again = infer.predictions_table(ckpt, store, "test", tta=2)
-    np.testing.assert_array_equal(again["prob"], table["prob"])
-    # a rewritten checkpoint (new mtime) is predicted afresh
-    newer = untrained_checkpoint(tmp_path / "b.pt", seed=3)
-    os.replace(newer, ckpt)
-    fresh = infer.predictions_table(ckpt, store, "test", tta=2)
-    assert not np.allclose(fresh["prob"], table["prob"])
+    [cached] = cached_files(store)
+    # the second request reads that file: mark it, and the mark comes back
+    table.assign(prob=0.25).to_parquet(cached, index=False)
+    assert (infer.predictions_table([ckpt], store, "test", tta=2)["prob"] == 0.25).all()
+    # a rewritten checkpoint (new mtime) is predicted afresh into a new file
+    os.replace(untrained_checkpoint(tmp_path / "b.pt", seed=3), ckpt)
+    fresh = infer.predictions_table([ckpt], store, "test", tta=2)
+    assert not np.allclose(fresh["prob"], table["prob"]) and len(cached_files(store)) == 2
 
 
-def test_predictions_table_keeps_precisions_apart(store, monkeypatch, tmp_path):
+def test_predictions_table_keeps_precisions_apart(tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("PCAM_CACHE_DIR", str(tmp_path / "cache"))
+    store = open_dataset(demo_dir)
     ckpt = untrained_checkpoint(tmp_path / "p.pt")
-    calls = []
-    real = infer.predict
-    monkeypatch.setattr(infer, "predict", lambda *a, **k: calls.append(k["precision"]) or real(*a, **k))
-    for precision in ("fp32", "bf16", "fp32", "bf16"):
-        infer.predictions_table(ckpt, store, "test", precision=precision)
-    assert calls == ["fp32", "bf16"]
+    tables = [infer.predictions_table([ckpt], store, "test", precision=p) for p in ("fp32", "bf16", "fp32")]
+    assert len(cached_files(store)) == 2
+    np.testing.assert_array_equal(tables[0]["prob"], tables[2]["prob"])
+    assert not np.array_equal(tables[0]["prob"], tables[1]["prob"])  # bf16 rounds differently
+    np.testing.assert_allclose(tables[0]["prob"], tables[1]["prob"], atol=2e-2)
 
 
-def test_bad_tta(store, ckpt):
+def test_bad_tta(store, model):
     with pytest.raises(ValueError, match="tta must be one of"):
-        infer.predict(ckpt, store, [0], tta=3)
+        infer.predict([model], store, [0], tta=3)
+    with pytest.raises(ValueError, match="list of Classifiers"):
+        infer.predict(model, store, [0])
 
 
 def test_corrupt_checkpoint(store, ckpt, tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(ValueError, match="not a readable PCam Review checkpoint"):
-        infer.predict(broken, store, [0])
+        infer.predictions_table([broken], store, "test")
 
 
 def test_checkpoint_for_another_model(store, tmp_path):
@@ -138,7 +154,7 @@ def test_checkpoint_for_another_model(store, tmp_path):
     ckpt["model_args"] = {}
     torch.save(ckpt, path)
     with pytest.raises(ValueError, match="do not fit model efficientnet_lite0"):
-        infer.predict(path, store, [0])
+        infer.predictions_table([path], store, "test")
 
 
 # the command line: predict, evaluate and submit, and the one-line errors they give on bad input
@@ -223,7 +239,7 @@ def test_torchrun_predict_shards_and_rank_0_writes_the_same_table(demo_dir, ckpt
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote 600 train predictions") == 1  # rank 0 alone writes
     store = open_dataset(demo_dir)
-    alone = infer.predict(ckpt, store, store.split_indices("train"), precision="fp32")["prob"]
+    alone = infer.predict([load(ckpt)], store, store.split_indices("train"), precision="fp32")["prob"]
     table = pd.read_csv(out)
     assert table["id"].tolist() == store.ids[store.split_indices("train")].tolist()
     np.testing.assert_allclose(table["prob"].to_numpy(), alone, atol=1e-5)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pcam_core import jobs
+from pcam_core import jobs, runs
 from pcam_core.config import TrainConfig
 from pcam_core.data import pack
 
@@ -18,11 +18,11 @@ from pcam_core.data import pack
 def wait_for(run: Path, states: tuple[str, ...], timeout: float = 240) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status = jobs.status(run)
+        status = runs.status(run)
         if status["state"] in states and (status["state"] == "running" or not status["alive"]):
             return status
         time.sleep(0.5)
-    raise AssertionError(f"{run.name} did not reach {states}: {jobs.status(run)}\n{jobs.log_tail(run)}")
+    raise AssertionError(f"{run.name} did not reach {states}: {runs.status(run)}\n{jobs.log_tail(run)}")
 
 
 def test_config_flags_give_only_what_differs_from_the_defaults():
@@ -51,7 +51,7 @@ def test_a_real_job_runs_stops_resumes_and_finishes(demo_dir, tmp_path, monkeypa
 
     status = wait_for(run, ("running",))
     assert status["alive"] and status["device"] == "cpu"
-    while not (jobs.status(run).get("step") or 0) > 0:
+    while not (runs.status(run).get("step") or 0) > 0:
         time.sleep(0.2)
     assert jobs.stop(run)
     status = wait_for(run, ("stopped", "finished"))
@@ -62,13 +62,13 @@ def test_a_real_job_runs_stops_resumes_and_finishes(demo_dir, tmp_path, monkeypa
     jobs.resume(run, "cpu")
     status = wait_for(run, ("finished", "failed"))
     assert status["state"] == "finished", jobs.log_tail(run)
-    assert list(jobs.metrics(run)["epoch"]) == [1, 2]
-    assert jobs.checkpoint_path(run) == run / "best.pt"
+    assert list(runs.metrics(run)["epoch"]) == [1, 2]
+    assert runs.checkpoint_path(run) == run / "best.pt"
 
-    runs = jobs.list_runs(tmp_path / "runs")
-    assert list(runs["run_id"]) == [run.name]
-    assert runs["state"].iloc[0] == "finished" and runs["model"].iloc[0] == "base_cnn"
-    assert 0.5 <= runs["best_auc"].iloc[0] <= 1.0
+    table = runs.list_runs(tmp_path / "runs")
+    assert list(table["run_id"]) == [run.name]
+    assert table["state"].iloc[0] == "finished" and table["model"].iloc[0] == "base_cnn"
+    assert 0.5 <= table["best_auc"].iloc[0] <= 1.0
     assert jobs.active_job(tmp_path / "runs", "cpu") is None
 
 
@@ -81,12 +81,12 @@ def test_a_running_job_whose_process_died_reads_as_failed(tmp_path):
     time.sleep(0.05)  # status.json is newer than the launch: not stale
     (run / "status.json").write_text(json.dumps({"state": "running", "epoch": 0, "epochs": 3}))
     (run / "job.log").write_text("Killed\n")
-    status = jobs.status(run)
+    status = runs.status(run)
     assert status["state"] == "failed" and not status["alive"]
     assert "without a final status" in status["message"]
     assert jobs.log_tail(run) == "Killed"
     assert jobs.active_job(tmp_path / "runs", "cpu") is None
-    assert jobs.list_runs(tmp_path / "runs")["state"].tolist() == ["failed"]
+    assert runs.list_runs(tmp_path / "runs")["state"].tolist() == ["failed"]
 
 
 def test_resume_needs_a_checkpoint(tmp_path):
@@ -98,7 +98,7 @@ def test_a_run_started_from_the_command_line_is_read_from_its_status(tmp_path):
     run = tmp_path / "runs" / "cli-run"
     run.mkdir(parents=True)
     (run / "status.json").write_text(json.dumps({"state": "running", "pid": 2**22 + 17, "epoch": 1}))
-    status = jobs.status(run)
+    status = runs.status(run)
     assert status["state"] == "failed" and status["pid"] == 2**22 + 17 and status["device"] is None
     (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 3, "best_auc": 0.91}))
-    assert jobs.list_runs(tmp_path / "runs")[["state", "best_auc"]].values.tolist() == [["finished", 0.91]]
+    assert runs.list_runs(tmp_path / "runs")[["state", "best_auc"]].values.tolist() == [["finished", 0.91]]

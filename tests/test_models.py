@@ -55,48 +55,61 @@ def test_pretrained_b0_offline_fails_with_one_line_naming_offline_models(monkeyp
     assert "\n" not in str(err.value)
 
 
-def _checkpoint(model_name="base_cnn"):
-    model = models.create_model(model_name)
-    return {"state_dict": model.state_dict(), "model_name": model_name, "model_args": {},
-            "normalization": models.normalization_for(model), "config": {"crop": 96}, "epoch": 1,
-            "metrics": {"val_auc": 0.5}}
-
-
-def test_checkpoint_round_trip_from_file_and_run_folder(tmp_path):
-    ckpt = _checkpoint()
-    models.save_checkpoint(ckpt, tmp_path / "best.pt")
-    model, loaded = models.load_checkpoint(tmp_path)
-    assert not model.training and loaded["model_name"] == "base_cnn"
-    assert all(torch.equal(v, ckpt["state_dict"][k]) for k, v in model.state_dict().items())
-    assert not list(tmp_path.glob("*.tmp"))
+def test_classifier_round_trip_from_file_and_run_folder(tmp_path):
+    torch.manual_seed(0)
+    new = models.Classifier.new("base_cnn", crop=48)
+    new.save(tmp_path / "best.pt", epoch=1, metrics={"val_auc": 0.5})
+    loaded = models.load(tmp_path)
+    assert (loaded.name, loaded.crop, loaded.args) == ("base_cnn", 48, {"input_size": 48})
+    assert loaded.source == tmp_path / "best.pt" and not loaded.module.training
+    assert loaded.normalization == new.normalization
+    assert all(torch.equal(v, new.module.state_dict()[k]) for k, v in loaded.module.state_dict().items())
+    assert models.read_checkpoint(tmp_path)["metrics"] == {"val_auc": 0.5}
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 class Foreign:
     pass
 
 
+def damaged(tmp_path, name: str, **fields):
+    """A base_cnn checkpoint file with some fields replaced."""
+    ckpt = models.Classifier.new("base_cnn").to_checkpoint()
+    ckpt.update(fields)
+    path = tmp_path / f"{name}.pt"
+    torch.save(ckpt, path)
+    return path
+
+
 def test_bad_checkpoints_get_clear_errors(tmp_path):
-    good = tmp_path / "good.pt"
-    models.save_checkpoint(_checkpoint(), good)
+    good = models.Classifier.new("base_cnn").save(tmp_path / "good.pt")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:1000])
     foreign = tmp_path / "foreign.pt"
     with open(foreign, "wb") as f:
         pickle.dump(Foreign(), f, protocol=2)
-    other = _checkpoint()
-    other["model_name"] = "efficientnet_lite0"
-    mismatched = tmp_path / "mismatched.pt"
-    models.save_checkpoint(other, mismatched)
     plain = tmp_path / "plain.pt"
     torch.save({"weights": torch.zeros(2)}, plain)
-    for path, pattern in [(truncated, "not a readable"), (foreign, "not a readable"),
-                          (mismatched, "do not fit model efficientnet_lite0"), (plain, "missing")]:
-        with pytest.raises(ValueError, match=pattern):
-            models.load_checkpoint(path)
+    nan = models.Classifier.new("base_cnn").to_checkpoint()
+    nan["state_dict"]["head.1.weight"][0, 0] = float("nan")
+    cases = [(truncated, "not a readable"), (foreign, "not a readable"), (plain, "missing"),
+             (damaged(tmp_path, "other", model_name="efficientnet_lite0", model_args={}),
+              "do not fit model efficientnet_lite0"),
+             (damaged(tmp_path, "lite", model_name="efficientnet_lite0"), "arguments efficientnet_lite0"),
+             (damaged(tmp_path, "args", model_args=["input_size"]), "model_args"),
+             (damaged(tmp_path, "keys", model_args={"width": 3}), "model_args"),
+             (damaged(tmp_path, "config", config=[1, 2]), "config is a list"),
+             (damaged(tmp_path, "crop", config={"crop": 8}), "crop 8"),
+             (damaged(tmp_path, "norm", normalization={}), "normalization"),
+             (damaged(tmp_path, "nan", state_dict=nan["state_dict"]), "NaN")]
+    for path, pattern in cases:
+        with pytest.raises(ValueError, match=pattern) as err:
+            models.load(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no best.pt or last.pt"):
-        models.load_checkpoint(empty)
+        models.load(empty)
 
 
 def test_resolve_device():

@@ -6,10 +6,11 @@ import io
 import sqlite3
 import threading
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core.review import VERDICTS, ReviewStore
+from pcam_core.review import VERDICTS, ReviewStore, review_table, select
 
 
 @pytest.fixture
@@ -88,3 +89,61 @@ def test_two_threads_writing_at_once_lose_nothing(store):
     assert trail.groupby("reviewer").size().to_dict() == {"tab-a": n, "tab-b": n}
     assert trail["seq"].is_unique and trail["seq"].is_monotonic_increasing
     assert len(store.latest("ds")) == 20
+
+
+# ---- the review table and what the Browse filters mean ----------------------------------------------
+
+def patches(labels, splits=None):
+    from test_splits import store_of
+
+    return store_of(labels, splits)
+
+
+def preds_for(store, probs, spreads=None):
+    idx = np.arange(len(probs))
+    return pd.DataFrame({"id": store.ids[idx], "index": idx, "prob": probs,
+                         "spread": spreads if spreads is not None else np.zeros(len(probs)),
+                         "label": store.labels[idx]})
+
+
+def test_review_table_joins_labels_verdicts_and_predictions(store):
+    data = patches([1, 0, 1, 0])
+    store.record("ds", "p001", "agree", "Ann")
+    store.record("ds", "p001", "unsure", "Bob")  # the latest counts
+    table = review_table(data, "train", store.latest("ds"), preds_for(data, [0.9, 0.2, 0.4, 0.5]))
+    assert table["verdict"].tolist() == [None, "unsure", None, None]
+    assert table["prob"].tolist() == pytest.approx([0.9, 0.2, 0.4, 0.5])
+    assert table["priority"].tolist() == pytest.approx([0.2, 0.4, 0.8, 1.0])
+    assert table["loss"].tolist() == pytest.approx([-np.log(0.9), -np.log(0.8), -np.log(0.4), -np.log(0.5)])
+    bare = review_table(data, "train", store.latest("ds"), None)
+    assert "prob" not in bare and len(bare) == 4
+
+
+def test_outcomes_mean_what_a_pathologist_means(store):
+    data = patches([1, 1, 0, 0, -1, -1], ["test"] * 6)
+    table = review_table(data, "test", store.latest("ds"), preds_for(data, [0.7, 0.3, 0.6, 0.1, 0.9, 0.1]))
+    ids = lambda **kw: select(table, **kw)["id"].tolist()  # noqa: E731
+    assert ids(outcome="false negative") == ["p001"]  # tumour called normal
+    assert ids(outcome="false positive") == ["p002"]  # normal called tumour
+    assert ids(outcome="correct") == ["p000", "p003"]  # unlabelled patches are neither right nor wrong
+    assert ids(predicted="tumour") == ["p000", "p002", "p004"]
+    assert ids(label="normal", prob=(0.05, 0.5)) == ["p003"]
+    assert ids(sort=("prob", False))[:2] == ["p004", "p000"]
+    with pytest.raises(ValueError, match="outcome 'wrong'"):
+        select(table, outcome="wrong")
+    with pytest.raises(ValueError, match="need a model"):
+        select(review_table(data, "test", store.latest("ds"), None), outcome="correct")
+
+
+def test_review_queue_puts_unreviewed_first_then_the_least_sure(store):
+    data = patches([1, 0, 1, 0, 1])
+    store.record("ds", "p004", "agree", "Ann")  # the least sure, but already reviewed
+    store.record("ds", "p001", "disagree", "Ann")
+    table = review_table(data, "train", store.latest("ds"),
+                         preds_for(data, [0.95, 0.6, 0.3, 0.45, 0.5], [0.0, 0.0, 0.0, 0.1, 0.0]))
+    queue = select(table, queue=True)
+    # unreviewed by priority: p003 (0.9 + 0.2), p002 (0.6), p000 (0.1); then reviewed: p004 (1.0), p001 (0.8)
+    assert queue["id"].tolist() == ["p003", "p002", "p000", "p004", "p001"]
+    assert select(table, verdict="not reviewed", queue=True)["id"].tolist() == ["p003", "p002", "p000"]
+    assert select(table, verdict="disagree")["id"].tolist() == ["p001"]
+    assert select(table, min_priority=0.7, queue=True)["id"].tolist() == ["p003", "p004", "p001"]

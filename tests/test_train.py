@@ -12,15 +12,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from pcam_core import metrics
 from pcam_core.config import TrainConfig
-from pcam_core.models import create_model, load_checkpoint, read_checkpoint
+from pcam_core.data import open_dataset
+from pcam_core.infer import predictions_table
+from pcam_core.models import create_model, load, read_checkpoint
 from pcam_core.train import fit, lr_factor
-from pcam_core.validation import evaluate_holdout, split_train_val
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: the notebook's CNN on the centre 48 px, 15 steps of 24 per epoch
@@ -49,10 +50,11 @@ def test_one_epoch_on_demo_lifts_auc_well_above_chance(demo_dir, tmp_path):
     columns = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
     assert list(pd.read_csv(run / "metrics.csv").columns) == columns
     assert TrainConfig.load(run / "config.json") == cfg
-    model, ckpt = load_checkpoint(run)
-    assert ckpt["config"]["crop"] == 96 and ckpt["normalization"]["std"] == [1.0] * 3
-    holdout = evaluate_holdout([run], tta=1)  # recomputed from val_ids.csv
-    assert holdout["n"] == events[0]["n_val"] and holdout["val_auc"] == pytest.approx(auc)
+    classifier = load(run)
+    assert classifier.crop == 96 and classifier.normalization["std"] == [1.0] * 3
+    holdout = predictions_table([run], open_dataset(demo_dir), "holdout", precision="fp32")  # val_ids.csv
+    assert len(holdout) == events[0]["n_val"]
+    assert metrics.roc_auc(holdout["label"], holdout["prob"]) == pytest.approx(auc, abs=1e-3)
     assert {p.name for p in run.iterdir()} == {"config.json", "status.json", "metrics.csv", "val_ids.csv",
                                                "best.pt", "last.pt"}
 
@@ -127,41 +129,6 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(demo_dir, tmp_path):
     assert result.stdout.count("epoch 1: train loss") == 1  # rank 0 alone reports
 
 
-class LabelStore:
-    """Just the label and split bookkeeping of a PatchStore, for the split checks."""
-
-    def __init__(self, labels, splits=None):
-        self.root = Path("fake")
-        self.labels = np.asarray(labels, dtype=np.int8)
-        self.splits = np.asarray(splits if splits is not None else ["train"] * len(self.labels))
-
-    def split_names(self):
-        return [s for s in ("train", "valid", "test") if s in set(self.splits)]
-
-    def split_indices(self, split):
-        return np.flatnonzero(self.splits == split)
-
-    def has_labels(self, split=None):
-        labels = self.labels if split is None else self.labels[self.splits == split]
-        return bool(len(labels)) and bool((labels >= 0).all())
-
-
-def test_split_is_stratified_and_bad_label_sets_are_explained():
-    cfg = TrainConfig(data="x", val_frac=0.25)
-    train, val = split_train_val(LabelStore([0] * 60 + [1] * 40), cfg)
-    assert len(val) == 25 and (LabelStore([0] * 60 + [1] * 40).labels[val] == 1).sum() == 10
-    assert not set(train) & set(val)
-    with pytest.raises(ValueError, match="no training labels"):
-        split_train_val(LabelStore([-1] * 10), cfg)
-    with pytest.raises(ValueError, match="only one class"):
-        split_train_val(LabelStore([1] * 50), cfg)
-    with pytest.raises(ValueError, match="too little data"):
-        split_train_val(LabelStore([0] * 50 + [1]), cfg)
-    store = LabelStore([0, 1] * 10 + [0, 1] * 3, ["train"] * 20 + ["valid"] * 6)
-    train, val = split_train_val(store, cfg)
-    assert list(val) == list(range(20, 26))
-
-
 def test_bad_options_fail_before_training(demo_dir, tmp_path):
     with pytest.raises(ValueError, match="unknown model 'nope'.*base_cnn"):
         run_all(TrainConfig(data=str(demo_dir), model="nope", out=str(tmp_path / "a")))
@@ -172,6 +139,10 @@ def test_bad_options_fail_before_training(demo_dir, tmp_path):
         TrainConfig(data="x", crop=100).validate()
     with pytest.raises(FileNotFoundError, match="no last.pt"):
         run_all(TrainConfig(resume=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match="unlabelled"):  # test ids cannot validate
+        (tmp_path / "ids.csv").write_text("id\n" + "\n".join(p.stem for p in (demo_dir / "test").iterdir()))
+        run_all(TrainConfig(data=str(demo_dir), val_ids=str(tmp_path / "ids.csv"), out=str(tmp_path / "b"),
+                            **SMALL))
 
 
 def test_lr_schedules():
