@@ -279,6 +279,31 @@ def remove_stale_builds(cache: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _decode_all(images_path: Path, entries: list, root: Path,
+                progress) -> tuple[np.ndarray, list, np.ndarray]:
+    """Decodes every entry into the memory-mapped `images_path`, CHUNK files per task, on all cores.
+
+    Returns:
+        (ok (n,) bool, reasons (n,) str or None, stats (n, len(STATS_COLUMNS)) float32).
+    """
+    n = len(entries)
+    jobs = [(str(images_path), s, [os.path.join(root, e[0]) for e in entries[s : s + CHUNK]])
+            for s in range(0, n, CHUNK)]
+    ok = np.zeros(n, bool)
+    reasons: list[str | None] = [None] * n
+    stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
+    done = 0
+    with _main_script_hidden(), pool_context().Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+        for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
+            ok[s : s + len(chunk_ok)] = chunk_ok
+            reasons[s : s + len(chunk_ok)] = chunk_reasons
+            stats[s : s + len(chunk_ok)] = chunk_stats
+            done += len(chunk_ok)
+            if progress:
+                progress(done, n)
+    return ok, reasons, stats
+
+
 def pack_files(
     cache: Path,
     fingerprint: str,
@@ -288,7 +313,7 @@ def pack_files(
     progress=None,
 ) -> dict:
     """Decode `entries` (path relative to root, id, split, label) into a fresh pack in `cache`, in
-    parallel on all cores."""
+    parallel on all cores; the finished folder replaces the previous pack by a rename."""
     start_time = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(cache)
@@ -299,50 +324,22 @@ def pack_files(
         n = len(entries)
         images_path = tmp / "images.npy"
         np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8, shape=(n, PATCH, PATCH, 3)).flush()
-        jobs = [
-            (str(images_path), s, [os.path.join(root, e[0]) for e in entries[s : s + CHUNK]])
-            for s in range(0, n, CHUNK)
-        ]
-        ok = np.zeros(n, bool)
-        reasons: list[str | None] = [None] * n
-        stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
-        workers = min(len(jobs), os.cpu_count() or 1)
-        done = 0
-        with _main_script_hidden(), pool_context().Pool(workers) as pool:
-            for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
-                ok[s : s + len(chunk_ok)] = chunk_ok
-                reasons[s : s + len(chunk_ok)] = chunk_reasons
-                stats[s : s + len(chunk_ok)] = chunk_stats
-                done += len(chunk_ok)
-                if progress:
-                    progress(done, n)
-        bad = np.flatnonzero(~ok)
-        skipped = skipped + [(entries[i][0], reasons[i]) for i in bad]
+        ok, reasons, stats = _decode_all(images_path, entries, root, progress)
+        skipped = skipped + [(entries[i][0], reasons[i]) for i in np.flatnonzero(~ok)]
         if not ok.any():
             raise ValueError(
                 f"none of the {n} image files in {root} could be read; first problem: "
                 f"{skipped[-1][0]}: {skipped[-1][1]}"
             )
         good = np.flatnonzero(ok)
-        index = pd.DataFrame(
-            {
-                "id": [entries[i][1] for i in good],
-                "split": [entries[i][2] for i in good],
-                "label": np.array([entries[i][3] for i in good], np.int8),
-                "row": good.astype(np.int64),
-            }
-        )
+        index = pd.DataFrame({"id": [entries[i][1] for i in good], "split": [entries[i][2] for i in good],
+                              "label": np.array([entries[i][3] for i in good], np.int8),
+                              "row": good.astype(np.int64)})
         index.to_parquet(tmp / "index.parquet", index=False)
         stats_table(index, stats[good]).to_parquet(tmp / "stats.parquet", index=False)
         pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(tmp / "skipped.csv", index=False)
-        manifest = {
-            "version": PACK_VERSION,
-            "fingerprint": fingerprint,
-            "quick_key": quick_key(root),
-            "root": str(root),
-            "n": int(len(good)),
-            "n_skipped": len(skipped),
-        }
+        manifest = {"version": PACK_VERSION, "fingerprint": fingerprint, "quick_key": quick_key(root),
+                    "root": str(root), "n": int(len(good)), "n_skipped": len(skipped)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         final, old = cache / "pack", cache / f"pack.old-{os.getpid()}"
         if final.exists():
@@ -354,10 +351,5 @@ def pack_files(
         raise
     seconds = time.perf_counter() - start_time
     log.info("packed %d patches from %s in %.1f s", len(good), root, seconds)
-    return {
-        "reused": False,
-        "n": int(len(good)),
-        "n_skipped": len(skipped),
-        "seconds": seconds,
-        "cache_dir": cache,
-    }
+    return {"reused": False, "n": int(len(good)), "n_skipped": len(skipped), "seconds": seconds,
+            "cache_dir": cache}

@@ -104,14 +104,13 @@ class _Patches:
         return x.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else x
 
 
-def _param_groups(model: nn.Module) -> list[dict]:
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: backbone and head, each split into decayed weights and undecayed biases/norms."""
     head = {id(p) for p in head_module(model).parameters()}
     groups = {}
     for p in model.parameters():
-        key = ("head" if id(p) in head else "backbone", p.ndim > 1)
-        groups.setdefault(key, []).append(p)
-    return [{"params": ps, "part": part, "weight_decay_on": decay}
+        groups.setdefault(("head" if id(p) in head else "backbone", p.ndim > 1), []).append(p)
+    return [{"params": ps, "part": part, "weight_decay": weight_decay if decay else 0.0}
             for (part, decay), ps in sorted(groups.items())]
 
 
@@ -168,7 +167,10 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
     stop = stop or threading.Event()
     try:
         run = _setup(cfg, state, ctx, folder)
-        yield {**run.start_event(), "run_dir": str(folder.path)}
+        yield {"type": "start", "run_dir": str(folder.path), "n_train": len(run.train_idx),
+               "n_val": len(run.val_idx), "steps_per_epoch": run.steps_per_epoch, "epochs": cfg.epochs,
+               "device": str(ctx.device), "world_size": ctx.world, "resumed_at_step": run.step,
+               "precision": str(run.amp).replace("torch.", "") if run.amp else "fp32"}
         for epoch in range(run.step // run.steps_per_epoch, cfg.epochs):
             started = time.perf_counter()
             train_loss = yield from train_one_epoch(run, epoch, stop)
@@ -178,7 +180,8 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
                               message=f"stopped at step {run.step}")
                 yield {"type": "stopped", "path": str(path), "step": run.step, "run_dir": str(folder.path)}
                 return
-            run.sync_ema()
+            if run.ema is not None:
+                run.eval_classifier.module.load_state_dict(run.ema.state)
             scores = evaluate(run.eval_classifier, run.store, run.val_idx, cfg.val_tta, cfg.precision, ctx)
             metrics = {"epoch": epoch + 1, "train_loss": train_loss, **scores, "lr": run.lr,
                        "seconds": time.perf_counter() - started}
@@ -206,6 +209,7 @@ class _Run:
 
     cfg: TrainConfig
     ctx: Distributed
+    folder: RunFolder
     store: PatchStore
     train_idx: np.ndarray
     val_idx: np.ndarray
@@ -225,16 +229,6 @@ class _Run:
     done: bool = False
     wrapped: nn.Module | None = None  # the module stepped: DDP/compile-wrapped for the current freeze state
     head_only: bool | None = None
-
-    def start_event(self) -> dict:
-        return {"type": "start", "n_train": len(self.train_idx), "n_val": len(self.val_idx),
-                "steps_per_epoch": self.steps_per_epoch, "epochs": self.cfg.epochs,
-                "device": str(self.ctx.device), "world_size": self.ctx.world, "resumed_at_step": self.step,
-                "precision": str(self.amp).replace("torch.", "") if self.amp else "fp32"}
-
-    def sync_ema(self) -> None:
-        if self.ema is not None:
-            self.eval_classifier.module.load_state_dict(self.ema.state)
 
     def checkpoint(self, epoch: int, metrics: dict, finished: bool = False) -> dict:
         """A checkpoint: the weights to use (EMA ones when kept) plus what an exact resume needs."""
@@ -267,14 +261,12 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = classifier.module.to(device, memory_format=memory_format)
     # fused: one kernel for the whole update on CUDA instead of several per parameter tensor
-    optimizer = torch.optim.AdamW(_param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    groups = _param_groups(model, cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
     # cudnn.benchmark stays off: on an H100 its search added 20 s to the first step and 3 s to the first
     # validation batch, to gain 3-6% per step afterwards (BENCHMARKS.md, GPU) - a loss for runs this short
-    for g in optimizer.param_groups:
-        g["weight_decay"] = cfg.weight_decay if g["weight_decay_on"] else 0.0
     ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay else None
-    run = _Run(cfg, ctx, store, train_idx, val_idx, classifier, classifier, optimizer, ema,
+    run = _Run(cfg, ctx, folder, store, train_idx, val_idx, classifier, classifier, optimizer, ema,
                _Patches(store, train_idx, device),
                torch.from_numpy(store.labels[train_idx].astype(np.float32)).to(device),
                training_precision(cfg.precision, device, model), batch, steps_per_epoch)
@@ -363,8 +355,9 @@ def train_one_epoch(run: _Run, epoch: int, stop: threading.Event) -> Generator[d
         losses.append(loss.detach())
         shown = losses[-2 if device.type == "cuda" and len(losses) > 1 else -1].item()
         seen += len(positions) * ctx.world
-        yield {"type": "step", "epoch": epoch, "step": run.step, "steps_per_epoch": run.steps_per_epoch,
-               "loss": shown, "lr": run.lr, "img_per_s": seen / (time.perf_counter() - started)}
+        where = dict(epoch=epoch, step=run.step, steps_per_epoch=run.steps_per_epoch, loss=shown, lr=run.lr)
+        run.folder.progress(**where)
+        yield {"type": "step", **where, "img_per_s": seen / (time.perf_counter() - started)}
         if ctx.any(stop.is_set()):
             return None
     return torch.stack(losses).float().mean().item() if losses else float("nan")

@@ -72,3 +72,33 @@ def text_of(at: AppTest) -> str:
     parts = [e.value for kind in kinds for e in getattr(at, kind)]
     parts += [f"{m.label}: {m.value}" for m in at.metric]
     return "\n".join(str(p) for p in parts)
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The bytes behind a download button, as the browser would receive them: `downloads(button)`.
+
+    AppTest serves media from an in-memory store it builds per run; this keeps a handle on each one.
+    """
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stores: list[MemoryMediaFileStorage] = []
+
+    class Kept(MemoryMediaFileStorage):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Kept)
+
+    def read(button) -> bytes:
+        name = button.proto.url.rsplit("/", 1)[-1]
+        for store in reversed(stores):
+            try:
+                return bytes(store.get_file(name).content)
+            except Exception:  # noqa: BLE001 - not in this run's store: look in the earlier ones
+                continue
+        raise AssertionError(f"no media file behind {button.proto.url!r}")
+
+    return read

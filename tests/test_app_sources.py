@@ -1,0 +1,69 @@
+"""The app on the other dataset layouts (PCam HDF5, a folder of images) and with a broken model chosen."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pcam_core.data import open_dataset
+
+pytest_plugins = ["apptest"]
+
+
+def test_the_app_opens_a_pcam_hdf5_folder(open_app, page_text, monkeypatch, demo_dir, tmp_path):
+    demo = open_dataset(demo_dir)
+    folder = tmp_path / "pcam"
+    folder.mkdir()
+    for split, rows in (("train", range(0, 40)), ("valid", range(40, 50)), ("test", range(600, 610))):
+        rows = np.asarray(rows)
+        with h5py.File(folder / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+            f.create_dataset("x", data=demo.batch(rows))
+        if split != "test":
+            with h5py.File(folder / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
+                f.create_dataset("y", data=demo.labels[rows].reshape(-1, 1, 1, 1).astype(np.uint8))
+    monkeypatch.setenv("PCAM_DATA", str(folder))
+    at = open_app()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Patches"], metrics["Layout"]) == ("60", "pcam")
+    assert "read directly" in page_text(at)  # nothing to pack
+    at.switch_page("views/browse.py").run()
+    assert not at.exception
+    assert at.selectbox(key="browse_split").options == ["train", "valid", "test"]
+    assert "**40** of 40 train patches match" in page_text(at)
+
+
+def test_the_app_opens_a_folder_of_images_with_a_labels_csv(open_app, page_text, monkeypatch, demo_dir,
+                                                            tmp_path):
+    demo = open_dataset(demo_dir)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(demo[i]).save(folder / f"case{i:02d}.png")
+    pd.DataFrame({"id": [f"case{i:02d}" for i in range(8)], "label": demo.labels[:8]}).to_csv(
+        folder / "labels.csv", index=False)
+    monkeypatch.setenv("PCAM_DATA", str(folder))
+    at = open_app()
+    assert not at.exception and not at.error
+    metrics = {m.label: m.value for m in at.metric}
+    assert (metrics["Patches"], metrics["Layout"]) == ("12", "folder")
+    at.switch_page("views/inspect.py").run()
+    assert not at.exception
+    assert "**case00**" in page_text(at)
+
+
+def test_a_broken_checkpoint_chosen_in_the_app_gets_one_message(open_app, page_text, monkeypatch, tmp_path):
+    run = tmp_path / "runs" / "broken-run"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1, "best_auc": 0.9}))
+    (run / "best.pt").write_bytes(b"this is not a checkpoint")
+    at = open_app()
+    assert at.sidebar.selectbox(key="model_choice").value == "broken-run"
+    for page in ("inspect", "browse", "evaluate"):
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, page
+        assert at.error and "not a readable PCam Review checkpoint" in at.error[0].value, page
+    at.sidebar.selectbox(key="model_choice").set_value("(no model)").run()
+    assert not at.exception and not at.error  # the reviewer can carry on without it
