@@ -282,7 +282,9 @@ def read_checkpoint(path: str | Path) -> dict:
     path = checkpoint_file(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError) as e:
+    # what torch's weights-only unpickler raises on arbitrary bytes varies with them (seen: IndexError)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, OSError, IndexError,
+            KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable PCam Review checkpoint (truncated, or not a weights-only "
                          f"torch file: {first[:200]}); point at a best.pt/last.pt written by `train`") from e
