@@ -111,18 +111,29 @@ def _pin_model() -> None:
     st.session_state["model_pinned"] = True
 
 
+def _loads(run: Path) -> bool:
+    try:
+        ui.load_model(str(run), runs.checkpoint_mtime(run))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def model_picker() -> Path | None:
     """Sidebar choice of a trained model among the runs that have a checkpoint, newest first.
 
-    Until the user picks one, it follows the newest finished run, so a model trained on the Train
-    page is used everywhere as soon as it finishes.
+    Until the user picks one, it follows the newest finished run whose checkpoint loads (else the newest
+    run that loads), so a model trained on the Train page is used everywhere as soon as it finishes,
+    and a broken checkpoint never blocks the pages by default.
     """
     table = runs.list_runs(runs.runs_dir())
     table = table[table["checkpoint"]].set_index("run_id")
     options = [NO_MODEL, *table.index]
     if not st.session_state.get("model_pinned") or st.session_state.get("model_choice") not in options:
-        finished = table.index[table["state"] == "finished"]
-        st.session_state["model_choice"] = finished[0] if len(finished) else options[min(1, len(table))]
+        finished = table["state"] == "finished"
+        candidates = [*table.index[finished], *table.index[~finished]]
+        st.session_state["model_choice"] = next(
+            (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
 
     def label(run_id: str) -> str:
         auc = table["best_auc"].get(run_id)

@@ -11,9 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-# failures a user can cause: `cli.main` turns them into one line on stderr and exit status 2; anything
-# else (KeyError, TypeError, ...) is a bug and keeps its traceback
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# failures a user or the machine can cause (bad input; a full disk, a missing or unwritable path, a corrupt
+# file): `cli.main` turns them into one line on stderr and exit status 2; anything else (KeyError,
+# TypeError, ...) is a bug and keeps its traceback
+USER_ERRORS = (ValueError, OSError)
 
 
 class Bar:

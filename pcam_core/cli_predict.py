@@ -37,6 +37,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from pcam_core import metrics
 
+    if not 0 <= args.threshold <= 1:  # NaN fails this too
+        raise ValueError(f"--threshold must be a probability between 0 and 1, got {args.threshold}")
     out = writable_file(args.out) if args.out else None
     store = open_store_ranked(args)
     split = args.split

@@ -6,6 +6,7 @@ The CLI builds it from flags, the train page from widgets; `fit` takes nothing e
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -96,10 +97,21 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.val_frac < 1:
-            raise ValueError(f"val_frac must lie between 0 and 1 (e.g. 0.1), got {self.val_frac}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        ranges = {  # option: (test, the allowed range in words)
+            "val_frac": (lambda v: 0 < v < 1, "between 0 and 1 (e.g. 0.1)"),
+            "lr": (lambda v: 0 < v <= 10, "a positive number (e.g. 0.002)"),
+            "weight_decay": (lambda v: 0 <= v <= 10, "0 or a positive number (e.g. 0.05)"),
+            "warmup_frac": (lambda v: 0 <= v < 1, "from 0 up to below 1 (e.g. 0.15)"),
+            "jitter": (lambda v: 0 <= v <= 1, "from 0 (off) to 1 (e.g. 0.05)"),
+            "unfreeze_lr_factor": (lambda v: 0 < v <= 1, "above 0 and at most 1 (e.g. 0.1)"),
+        }
+        for name, (ok, allowed) in ranges.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+                raise ValueError(f"{name} must be {allowed}, got {value}")
+        for name in ("patience", "threads", "seed", "head_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
         if not 16 <= self.crop <= 96 or self.crop % 2:
             raise ValueError(f"crop must be an even size in px between 16 and 96 (e.g. 32, 48, 64, 96), "
                              f"got {self.crop}")

@@ -24,8 +24,10 @@ from pcam_core.pack import (
     list_image_names,
     load_pack,
     pack_files,
+    pack_lock,
     patch_stats,
     refresh_quick_key,
+    remove_stale_builds,
 )
 from pcam_core.pcam_h5 import open_pcam
 from pcam_core.store import PatchStore
@@ -100,11 +102,18 @@ def read_labels_csv(path: Path) -> pd.Series:
     return pd.Series(labels.astype(np.int8).to_numpy(), index=table["id"].astype(str).to_numpy())
 
 
-def _by_id(folder: Path, prefix: str) -> dict[str, str]:
-    """id (file name without suffix) -> path relative to the dataset root, for the images in `folder`."""
+def _by_id(folder: Path, prefix: str, skipped: list[tuple[str, str]]) -> dict[str, str]:
+    """id (file name without suffix) -> path relative to the dataset root, for the images in `folder`;
+    a name that is not valid UTF-8 is added to `skipped` instead (ids are text in CSVs and the app)."""
     files: dict[str, str] = {}
     if folder.is_dir():
         for name in list_image_names(folder):
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                skipped.append((prefix + shown, "file name is not valid UTF-8; rename the file"))
+                continue
             files.setdefault(name.rsplit(".", 1)[0], prefix + name)
     return files
 
@@ -114,7 +123,7 @@ def _kaggle_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tup
     entries, skipped = [], []
     labels_csv = root / "train_labels.csv"
     labels = read_labels_csv(labels_csv) if labels_csv.is_file() else None
-    train = _by_id(root / "train", "train/")
+    train = _by_id(root / "train", "train/", skipped)
     if train and labels is None:
         raise ValueError(
             f"{root}/train has images but train_labels.csv is missing; add it (columns id,label)"
@@ -128,7 +137,7 @@ def _kaggle_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tup
             else:
                 skipped.append((f"train/{pid}.tif", "listed in train_labels.csv but no such file"))
         skipped += [(rel, "no label in train_labels.csv") for rel in train.values()]
-    entries += [(rel, pid, "test", -1) for pid, rel in _by_id(root / "test", "test/").items()]
+    entries += [(rel, pid, "test", -1) for pid, rel in _by_id(root / "test", "test/", skipped).items()]
     return entries, skipped
 
 
@@ -138,8 +147,9 @@ def _folder_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tup
         names = ", ".join(c.name for c in csvs)
         raise ValueError(f"{root} has several CSV files ({names}); keep one labels CSV with columns id,label")
     labels = read_labels_csv(csvs[0]).to_dict() if csvs else {}
-    files = _by_id(root, "")
-    skipped = [
+    skipped: list[tuple[str, str]] = []
+    files = _by_id(root, "", skipped)
+    skipped += [
         (f"{csvs[0].name} id {pid!r}", "listed in the labels CSV but no such file")
         for pid in labels
         if pid not in files
@@ -172,6 +182,17 @@ def pack(path, progress: Progress | None = None, force: bool = False) -> dict:
 
 def _ensure_pack(root: Path, layout: str, progress: Progress | None, force: bool) -> tuple[PackIndex, dict]:
     cache = cache_dir_for(root)
+    remove_stale_builds(cache)  # the temp folders of packs that died, so they never keep a disk full
+    packed = None if force else load_pack(cache, None, root=root)
+    if packed is None:
+        with pack_lock(cache):
+            return _pack_locked(root, layout, cache, progress, force)
+    return packed, _reused(packed, cache)
+
+
+def _pack_locked(root: Path, layout: str, cache: Path, progress: Progress | None,
+                 force: bool) -> tuple[PackIndex, dict]:
+    """Under the pack lock: reuse a pack another process just finished, else build one."""
     packed = None if force else load_pack(cache, None, root=root)
     if packed is None:
         entries, skipped = (_kaggle_files if layout == "kaggle" else _folder_files)(root)
@@ -190,13 +211,12 @@ def _ensure_pack(root: Path, layout: str, progress: Progress | None, force: bool
             if packed is None:
                 raise RuntimeError(f"the cache written to {cache} could not be read back")
             return packed, info
-    return packed, {
-        "reused": True,
-        "n": len(packed.index),
-        "n_skipped": len(packed.skipped),
-        "seconds": 0.0,
-        "cache_dir": cache,
-    }
+    return packed, _reused(packed, cache)
+
+
+def _reused(packed: PackIndex, cache: Path) -> dict:
+    return {"reused": True, "n": len(packed.index), "n_skipped": len(packed.skipped), "seconds": 0.0,
+            "cache_dir": cache}
 
 
 def open_dataset(path, progress: Progress | None = None) -> PatchStore:

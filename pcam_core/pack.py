@@ -15,6 +15,8 @@ half-way leaves either the previous cache or none, never one that reads as compl
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -25,7 +27,9 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,11 +174,19 @@ def stats_table(index: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
 
 
 _verified_headers: set[bytes] = set()
+# A Kaggle patch file is 27,935 bytes. Anything far larger, on disk or as declared in its header, is not a
+# patch: refusing it before decoding keeps a 3 GB sparse file or a 20480 x 20480 "zip bomb" TIFF from
+# costing gigabytes of memory in every decode worker.
+MAX_FILE_BYTES = 1 << 20
+MAX_DECLARED_PIXELS = 4 * PATCH * PATCH
 
 
 def decode_file(path: str | Path) -> np.ndarray:
     """One patch as (96, 96, 3) uint8; ValueError saying what is wrong with a bad file."""
     suffix = os.path.splitext(path)[1].lower()
+    size = os.stat(path).st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"file is {size / 2**20:.1f} MB; a 96x96 patch file is about 28 kB")
     with open(path, "rb") as f:
         raw = f.read()
     if suffix in (".tif", ".tiff"):
@@ -193,10 +205,18 @@ def decode_file(path: str | Path) -> np.ndarray:
 def _decode_tiff(raw: bytes, path) -> np.ndarray:
     import tifffile
 
+    arr = None
     try:
-        arr = tifffile.imread(io.BytesIO(raw))
+        with tifffile.TiffFile(io.BytesIO(raw)) as tif:
+            pages, shape = len(tif.pages), tif.pages[0].shape
+            if pages == 1 and int(np.prod(shape[:2])) <= MAX_DECLARED_PIXELS:
+                arr = tif.pages[0].asarray()
     except Exception as e:  # tifffile raises many types for a corrupt file; all mean "unreadable"
         raise ValueError(f"unreadable TIFF ({type(e).__name__}: {e})") from None
+    if pages != 1:
+        raise ValueError(f"{pages} images in one TIFF, expected a single 96x96 RGB patch")
+    if arr is None:
+        raise ValueError(f"declares {shape[1]}x{shape[0]} px, expected 96x96; not decoded")
     return _check_shape(arr, path)
 
 
@@ -205,6 +225,8 @@ def _decode_pil(raw: bytes, path) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(raw)) as im:
+            if im.size[0] * im.size[1] > MAX_DECLARED_PIXELS:
+                raise ValueError(f"declares {im.size[0]}x{im.size[1]} px, expected 96x96; not decoded")
             im.load()
             if im.mode != "RGB":
                 raise ValueError(f"mode {im.mode}, expected RGB")
@@ -293,15 +315,48 @@ def _decode_all(images_path: Path, entries: list, root: Path,
     reasons: list[str | None] = [None] * n
     stats = np.zeros((n, len(STATS_COLUMNS)), np.float32)
     done = 0
-    with _main_script_hidden(), pool_context().Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
-        for s, chunk_ok, chunk_reasons, chunk_stats in pool.imap_unordered(_decode_chunk, jobs):
-            ok[s : s + len(chunk_ok)] = chunk_ok
-            reasons[s : s + len(chunk_ok)] = chunk_reasons
-            stats[s : s + len(chunk_ok)] = chunk_stats
-            done += len(chunk_ok)
-            if progress:
-                progress(done, n)
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, or SIGBUS writing the
+    # memory-mapped cache on a full disk) breaks the pool with an error instead of hanging the parent
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with _main_script_hidden(), ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+        try:
+            for future in as_completed([pool.submit(_decode_chunk, job) for job in jobs]):
+                s, chunk_ok, chunk_reasons, chunk_stats = future.result()
+                ok[s : s + len(chunk_ok)] = chunk_ok
+                reasons[s : s + len(chunk_ok)] = chunk_reasons
+                stats[s : s + len(chunk_ok)] = chunk_stats
+                done += len(chunk_ok)
+                if progress:
+                    progress(done, n)
+        except BrokenProcessPool as e:
+            free = shutil.disk_usage(images_path.parent).free / 2**20
+            raise OSError(f"a decode worker died while packing into {images_path.parent} ({free:.0f} MiB "
+                          f"free there): a full disk or too little memory; free some, or set "
+                          f"PCAM_CACHE_DIR to another disk") from e
     return ok, reasons, stats
+
+
+def check_free_space(cache: Path, n: int) -> None:
+    """Refuses to start a pack of `n` patches that cannot fit on the cache's disk."""
+    needed = n * (PATCH_BYTES + 200) + (8 << 20)  # pixels, index and stats rows, and some slack
+    free = shutil.disk_usage(cache).free
+    if needed > free:
+        raise OSError(errno.ENOSPC, f"packing {n:,} patches needs {needed / 2**20:,.0f} MiB in {cache}, but "
+                                    f"only {free / 2**20:,.0f} MiB are free; free space there or set "
+                                    f"PCAM_CACHE_DIR to a bigger disk")
+
+
+@contextmanager
+def pack_lock(cache: Path) -> Iterator[None]:
+    """Serialises packs of one dataset (two app sessions, or `pack --force` twice): the second waits and
+    then finds the first one's cache current, instead of racing it on the final rename."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "pack.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def pack_files(
@@ -317,6 +372,7 @@ def pack_files(
     start_time = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     remove_stale_builds(cache)
+    check_free_space(cache, len(entries))
     tmp = cache / f"pack.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

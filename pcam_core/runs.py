@@ -10,6 +10,7 @@ RunFolder with `write=False`. This module does not import torch: the app lists r
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -106,11 +107,17 @@ class RunFolder:
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
-    """Writes a checkpoint dict atomically: a reader never sees half a checkpoint."""
+    """Writes a checkpoint dict atomically: a reader never sees half a checkpoint.
+
+    It is serialised in memory first: torch.save reports a full disk as a RuntimeError from its C++
+    writer, while a plain file write says ENOSPC, which `atomic_write` turns into one clear message.
+    """
     import torch  # only writers need it: the readers below keep this module torch-free for the app
 
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
     with atomic_write(path) as tmp:
-        torch.save(ckpt, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 # ---- readers ---------------------------------------------------------------------------------------

@@ -29,11 +29,21 @@ def expected_ids(store) -> np.ndarray:
         raise ValueError(f"{store.root} has no test part (splits: {', '.join(store.split_names())}); a "
                          "submission needs the unlabelled test patches, e.g. a Kaggle folder with test/")
     sample = Path(store.root) / "sample_submission.csv"
+    test_ids = store.ids[store.split_indices("test")]
     if store.layout == "kaggle" and sample.is_file():
-        ids = pd.read_csv(sample, dtype={"id": str}, usecols=["id"])["id"].to_numpy(dtype=str)
+        try:
+            ids = pd.read_csv(sample, dtype={"id": str}, usecols=["id"])["id"].to_numpy(dtype=str)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"{sample} is not a readable submission template ({first}); it needs an id "
+                             f"column, one test id a row (or remove it to use the test/ folder)") from e
         if len(ids):
+            left_out = len(set(test_ids) - set(ids))
+            if left_out:
+                log.warning("%s lists %d of the %d test patches; the submission follows it and leaves out "
+                            "%d", sample, len(ids), len(test_ids), left_out)
             return ids
-    return store.ids[store.split_indices("test")]
+    return test_ids
 
 
 def _quote(ids) -> str:

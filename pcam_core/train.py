@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -34,6 +33,7 @@ from pcam_core.infer import predict
 from pcam_core.metrics import loss_and_auc
 from pcam_core.models import Classifier, head_module, read_checkpoint
 from pcam_core.runs import RunFolder, new_run_dir
+from pcam_core.schedule import scheduled_lr
 from pcam_core.splits import split_train_val
 from pcam_core.transforms import augment_batch, to_model_input
 
@@ -56,26 +56,6 @@ def training_precision(precision: str, device: torch.device, model: nn.Module) -
         depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
         return torch.bfloat16 if torch.cpu._is_amx_tile_supported() and not depthwise else None
     return torch.bfloat16 if precision == "bf16" else None
-
-
-def lr_factor(step: int, total: int, schedule: str, warmup_frac: float) -> float:
-    """Learning-rate multiplier at `step` of `total`: one-cycle (linear warm-up, cosine down) or cosine."""
-    warm = int(total * warmup_frac) if schedule == "onecycle" else 0
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def scheduled_lr(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """The learning rate at `step`: one schedule over the run, or one per phase under head_then_full."""
-    start, end, scale = 0, cfg.epochs, 1.0
-    if cfg.finetune == "head_then_full":
-        head = step < cfg.head_epochs * steps_per_epoch
-        start, end = (0, cfg.head_epochs) if head else (cfg.head_epochs, cfg.epochs)
-        scale = 1.0 if head else cfg.unfreeze_lr_factor
-    return cfg.lr * scale * lr_factor(step - start * steps_per_epoch, (end - start) * steps_per_epoch,
-                                      cfg.schedule, cfg.warmup_frac)
 
 
 class _Patches:
@@ -191,16 +171,22 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
     except torch.cuda.OutOfMemoryError as e:
         message = (f"GPU out of memory at batch size {cfg.batch_size}; try --batch-size "
                    f"{max(1, cfg.batch_size // 2)}")
-        folder.status(state="failed", message=message)
-        yield {"type": "failed", "message": message}
+        yield _failed(folder, message)
         raise ValueError(message) from e
     except Exception as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        folder.status(state="failed", message=message)
-        yield {"type": "failed", "message": message}
+        yield _failed(folder, str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     finally:
         ctx.close()
+
+
+def _failed(folder: RunFolder, message: str) -> dict:
+    """Marks the run failed (when the disk still lets status.json be written) and returns the event."""
+    try:
+        folder.status(state="failed", message=message)
+    except OSError as e:  # e.g. the disk that failed the checkpoint is full: say so in the log instead
+        log.warning("could not record the failure in %s: %s", folder.path, e)
+    return {"type": "failed", "message": message}
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """The Browse page: the grid, its filters and sorts, the review queue, and opening a patch in Inspect."""
 
-import numpy as np
+from pcam_core import review
+from pcam_core.data import open_dataset
+from pcam_core.infer import predictions_table
+from pcam_core.review import ReviewStore
 
 pytest_plugins = ["apptest"]
 
@@ -30,7 +33,7 @@ def test_browse_without_a_model_pages_through_the_split(open_app, page_text):
     assert "of 60 test patches" in page_text(at)
 
 
-def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text):
+def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text, demo_dir, tmp_path):
     at = open_app("browse")
     assert not at.exception
     at.selectbox(key="browse_sort").set_value("probability, high first").run()
@@ -45,8 +48,13 @@ def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page
     at.selectbox(key="browse_outcome").set_value("any").run()
     at.toggle(key="browse_queue").set_value(True).run()
     assert not at.exception
-    doubt = [abs(p - 0.5) for _, p in tiles(at)]
-    assert doubt[0] <= np.median(doubt)  # the least sure come first
+    # the page shows the library's review queue, in its order: nothing reviewed yet, so least sure first
+    store = open_dataset(demo_dir)
+    preds = predictions_table([with_model], store, "train")
+    queue = review.select(review.review_table(store, "train", ReviewStore(tmp_path / "reviews.sqlite")
+                                              .latest(str(demo_dir.resolve())), preds), queue=True)
+    assert [p for _, p in tiles(at)] == [round(p, 3) for p in queue["prob"].head(48)]
+    assert queue["priority"].is_monotonic_decreasing
 
 
 def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):

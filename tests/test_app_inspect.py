@@ -1,10 +1,12 @@
 """The Inspect page: navigation, prediction and CAM, verdicts into the store, and uploaded patches."""
 
+import contextlib
 import io
 
 import numpy as np
 import pandas as pd
 import pytest
+from disks import small_disk
 from PIL import Image
 
 from app.images import read_upload
@@ -109,3 +111,21 @@ def test_a_larger_upload_is_centre_cropped():
     Image.fromarray(image).save(out, "TIFF")
     patch = read_upload(out.getvalue(), "slide-crop.tif")
     assert patch.shape == (96, 96, 3) and (patch == 200).all()
+
+
+def test_a_verdict_the_store_cannot_write_is_reported_and_the_note_kept(open_app, with_model, page_text,
+                                                                         tmp_path, monkeypatch):
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        db = disk / "reviews.sqlite"
+        ReviewStore(db).record("other-dataset", "p", "unsure", "Someone")  # the store exists and reads
+        monkeypatch.setenv("PCAM_REVIEW_DB", str(db))
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:  # then the disk fills up
+                f.write(b"\0" * 4096)
+        at = open_app("inspect", reviewer="Dr Ann")
+        at.text_input(key="inspect_note_0").input("keep me").run()
+        at.button(key="inspect_verdict_disagree").click().run()
+        assert not at.exception
+        assert "The verdict was not saved" in at.error[0].value and "full" in at.error[0].value
+        assert at.text_input(key="inspect_note_0").value == "keep me"
+        assert not at.button(key="inspect_verdict_disagree").disabled  # the reviewer can try again

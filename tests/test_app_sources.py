@@ -54,13 +54,14 @@ def test_the_app_opens_a_folder_of_images_with_a_labels_csv(open_app, page_text,
     assert "**case00**" in page_text(at)
 
 
-def test_a_broken_checkpoint_chosen_in_the_app_gets_one_message(open_app, page_text, monkeypatch, tmp_path):
+def test_a_broken_checkpoint_is_not_the_default_and_chosen_gets_one_message(open_app, tmp_path):
     run = tmp_path / "runs" / "broken-run"
     run.mkdir(parents=True)
     (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1, "best_auc": 0.9}))
     (run / "best.pt").write_bytes(b"this is not a checkpoint")
     at = open_app()
-    assert at.sidebar.selectbox(key="model_choice").value == "broken-run"
+    assert at.sidebar.selectbox(key="model_choice").value == "(no model)"  # not chosen for the reviewer
+    at.sidebar.selectbox(key="model_choice").set_value("broken-run").run()
     for page in ("inspect", "browse", "evaluate"):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, page

@@ -65,15 +65,15 @@ def test_curves_have_the_ends():
     assert pr["recall"].iloc[-1] == 0 and pr["precision"].iloc[-1] == 1
 
 
-def test_weighted_auc_equals_sklearn_on_a_resample():
+def test_auc_ci_is_the_textbook_bootstrap_with_sklearn():
+    # the fast CI must equal resampling patches with replacement and asking sklearn for each AUC
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
     p = np.round(rng.random(300), 2)  # rounding makes ties
-    idx = rng.integers(0, 300, 300)
-    _, group = np.unique(p, return_inverse=True)
-    counts = np.bincount(idx, minlength=300)
-    expected = roc_auc_score(y[idx], p[idx])
-    assert metrics._weighted_auc(group, y, counts, group.max() + 1) == pytest.approx(expected)
+    draws = np.random.default_rng(7)
+    aucs = [roc_auc_score(y[idx], p[idx]) for idx in (draws.integers(0, 300, 300) for _ in range(200))]
+    expected = np.percentile(aucs, [2.5, 97.5])
+    assert metrics.auc_ci(y, p, n_boot=200, seed=7) == pytest.approx(tuple(expected), abs=1e-12)
 
 
 def test_auc_ci_brackets_the_auc_and_narrows_with_n():

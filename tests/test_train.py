@@ -21,7 +21,8 @@ from pcam_core.config import TrainConfig
 from pcam_core.data import open_dataset
 from pcam_core.infer import predictions_table
 from pcam_core.models import create_model, load, read_checkpoint
-from pcam_core.train import fit, lr_factor
+from pcam_core.schedule import lr_factor
+from pcam_core.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: the notebook's CNN on the centre 48 px, 15 steps of 24 per epoch

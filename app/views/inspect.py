@@ -1,5 +1,7 @@
 """Inspect: one patch large, the model's prediction per TTA view, Grad-CAM, and the reviewer's verdict."""
 
+import sqlite3
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -42,8 +44,9 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None)
         ui.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""),
                                  checkpoint=str(ctx.run) if ctx.run else "", prob=prob)
-    except ValueError as e:
-        st.session_state["verdict_error"] = str(e)
+    except (ValueError, OSError, sqlite3.Error) as e:  # a read-only or full verdict store, no reviewer name
+        # the note stays in its box and the buttons stay: nothing the reviewer typed is lost
+        st.session_state["verdict_error"] = f"The verdict was not saved: {e}"
         return
     st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
 
