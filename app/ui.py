@@ -8,6 +8,8 @@ its `Context` are in `sidebar.py`; page callbacks live in their page.
 from __future__ import annotations
 
 import os
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ import streamlit as st
 from app.images import with_centre_box
 from pcam_core import data, runs
 from pcam_core.data import PatchStore
-from pcam_core.review import ReviewStore
+from pcam_core.review import COLUMNS, ReviewStore
 
 if TYPE_CHECKING:  # for the annotations only: importing models here would import torch at app start
     from pcam_core.models import Classifier
@@ -41,7 +43,32 @@ def _review_store(path: str) -> ReviewStore:
 
 def review_store() -> ReviewStore:
     """The verdict store: $PCAM_REVIEW_DB, else models/reviews.sqlite (kept beside the checkpoints)."""
-    return _review_store(os.environ.get("PCAM_REVIEW_DB") or str(REPO / "models" / "reviews.sqlite"))
+    return _review_store(review_db())
+
+
+def review_db() -> str:
+    return os.environ.get("PCAM_REVIEW_DB") or str(REPO / "models" / "reviews.sqlite")
+
+
+def verdict_history(dataset_key: str, patch_id: str | None = None) -> pd.DataFrame:
+    """Every verdict on the dataset (or one patch), oldest first; see `_read_verdicts`."""
+    return _read_verdicts(lambda store: store.history(dataset_key, patch_id))
+
+
+def current_verdicts(dataset_key: str) -> pd.DataFrame:
+    """The latest verdict per patch of the dataset; see `_read_verdicts`."""
+    return _read_verdicts(lambda store: store.latest(dataset_key))
+
+
+def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame]) -> pd.DataFrame:
+    """A read of the verdict store. One that cannot be read (a full disk, a read-only or corrupt file)
+    gets one warning and an empty table: the patches still show."""
+    try:
+        return read(review_store())
+    except (sqlite3.Error, OSError) as e:
+        st.warning(f"The verdict store {review_db()} cannot be read ({e}); verdicts are not shown and cannot "
+                   f"be saved until it can (free disk space, or point PCAM_REVIEW_DB elsewhere).")
+        return pd.DataFrame(columns=COLUMNS)
 
 
 @st.cache_resource

@@ -131,7 +131,8 @@ def _kaggle_files(root: Path) -> tuple[list[tuple[str, str, str, int]], list[tup
     if labels is not None:
         for pid, label in zip(labels.index, labels.to_numpy().tolist(), strict=True):
             if not SAFE_ID.match(pid):
-                skipped.append((f"train_labels.csv id {pid!r}", "unsafe id (path characters); row ignored"))
+                skipped.append((f"train_labels.csv id {pid!r}", "an id may only hold ASCII letters, digits, "
+                                "'_', '.' and '-' (it names a file); row ignored"))
             elif pid in train:
                 entries.append((train.pop(pid), pid, "train", label))
             else:

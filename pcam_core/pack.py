@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import multiprocessing as mp
@@ -36,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from pcam_core.atomic import write_text
+from pcam_core.decode import decode_file
 from pcam_core.geometry import PATCH, PATCH_BYTES
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def load_pack(cache: Path, fingerprint: str | None, root: Path | None = None) ->
         index = pd.read_parquet(folder / "index.parquet")
         images = np.load(folder / "images.npy", mmap_mode="r")
         skipped = pd.read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False)
+        pq.read_metadata(folder / "stats.parquet")  # read lazily later: check now that it is whole
+        if images.shape[1:] != (PATCH, PATCH, 3) or len(index) and index["row"].max() >= len(images):
+            raise ValueError(f"images.npy holds {images.shape}, which does not match index.parquet")
     except (OSError, ValueError) as e:
         log.warning("cache in %s is unreadable (%s); it will be rebuilt", folder, e)
         return None
@@ -171,82 +175,6 @@ def stats_table(index: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
     table.insert(2, "label", index["label"].to_numpy())
     table["blank"] = table["tissue_frac"] < 0.1
     return table
-
-
-_verified_headers: set[bytes] = set()
-# A Kaggle patch file is 27,935 bytes. Anything far larger, on disk or as declared in its header, is not a
-# patch: refusing it before decoding keeps a 3 GB sparse file or a 20480 x 20480 "zip bomb" TIFF from
-# costing gigabytes of memory in every decode worker.
-MAX_FILE_BYTES = 1 << 20
-MAX_DECLARED_PIXELS = 4 * PATCH * PATCH
-
-
-def decode_file(path: str | Path) -> np.ndarray:
-    """One patch as (96, 96, 3) uint8; ValueError saying what is wrong with a bad file."""
-    suffix = os.path.splitext(path)[1].lower()
-    size = os.stat(path).st_size
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"file is {size / 2**20:.1f} MB; a 96x96 patch file is about 28 kB")
-    with open(path, "rb") as f:
-        raw = f.read()
-    if suffix in (".tif", ".tiff"):
-        # Kaggle's TIFFs are uncompressed with the pixels stored last, after a header that differs only
-        # in a few fields (a timestamp). A file whose header bytes equal those of a file tifffile decoded
-        # to exactly its last 27,648 bytes stores its pixels at the same place: read them directly.
-        if len(raw) > PATCH_BYTES and raw[:-PATCH_BYTES] in _verified_headers:
-            return np.frombuffer(raw, np.uint8, offset=len(raw) - PATCH_BYTES).reshape(PATCH, PATCH, 3)
-        arr = _decode_tiff(raw, path)
-        if len(raw) > PATCH_BYTES and raw[-PATCH_BYTES:] == arr.tobytes() and len(_verified_headers) < 65536:
-            _verified_headers.add(raw[:-PATCH_BYTES])
-        return arr
-    return _decode_pil(raw, path)
-
-
-def _decode_tiff(raw: bytes, path) -> np.ndarray:
-    import tifffile
-
-    arr = None
-    try:
-        with tifffile.TiffFile(io.BytesIO(raw)) as tif:
-            pages, shape = len(tif.pages), tif.pages[0].shape
-            if pages == 1 and int(np.prod(shape[:2])) <= MAX_DECLARED_PIXELS:
-                arr = tif.pages[0].asarray()
-    except Exception as e:  # tifffile raises many types for a corrupt file; all mean "unreadable"
-        raise ValueError(f"unreadable TIFF ({type(e).__name__}: {e})") from None
-    if pages != 1:
-        raise ValueError(f"{pages} images in one TIFF, expected a single 96x96 RGB patch")
-    if arr is None:
-        raise ValueError(f"declares {shape[1]}x{shape[0]} px, expected 96x96; not decoded")
-    return _check_shape(arr, path)
-
-
-def _decode_pil(raw: bytes, path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.size[0] * im.size[1] > MAX_DECLARED_PIXELS:
-                raise ValueError(f"declares {im.size[0]}x{im.size[1]} px, expected 96x96; not decoded")
-            im.load()
-            if im.mode != "RGB":
-                raise ValueError(f"mode {im.mode}, expected RGB")
-            arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"unreadable image ({e})") from None
-    return _check_shape(arr, path)
-
-
-def _check_shape(arr: np.ndarray, path) -> np.ndarray:
-    if arr.ndim == 2:
-        raise ValueError(f"greyscale {arr.shape[1]}x{arr.shape[0]}, expected 96x96 RGB")
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        channels = arr.shape[2] if arr.ndim == 3 else arr.ndim
-        raise ValueError(f"{channels} channels (e.g. RGBA), expected 96x96 RGB")
-    if arr.shape[:2] != (PATCH, PATCH):
-        raise ValueError(f"size {arr.shape[1]}x{arr.shape[0]}, expected 96x96")
-    if arr.dtype != np.uint8:
-        raise ValueError(f"{arr.dtype} pixels, expected 8-bit")
-    return arr
 
 
 def _decode_chunk(job: tuple[str, int, list[str]]) -> tuple[int, np.ndarray, list[str | None], np.ndarray]:

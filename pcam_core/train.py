@@ -213,6 +213,8 @@ class _Run:
     bad_epochs: int = 0
     lr: float = 0.0
     done: bool = False
+    loss_sum: float = 0.0  # training loss summed over this epoch's steps so far (kept across a resume)
+    loss_steps: int = 0
     wrapped: nn.Module | None = None  # the module stepped: DDP/compile-wrapped for the current freeze state
     head_only: bool | None = None
 
@@ -222,7 +224,8 @@ class _Run:
         return self.classifier.to_checkpoint(
             state_dict=self.ema.state if self.ema else model.state_dict(), epoch=epoch, metrics=metrics,
             steps_per_epoch=self.steps_per_epoch, world_size=self.ctx.world, step=self.step,
-            best_auc=self.best_auc, bad_epochs=self.bad_epochs, finished=finished,
+            best_auc=self.best_auc, bad_epochs=self.bad_epochs, finished=finished, loss_sum=self.loss_sum,
+            loss_steps=self.loss_steps,
             train_state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
             optimizer=self.optimizer.state_dict())
 
@@ -268,6 +271,7 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
         if ema is not None:
             ema.state = {k: v.to(device) for k, v in state["state_dict"].items()}
         run.step, run.best_auc, run.bad_epochs = state["step"], state["best_auc"], state["bad_epochs"]
+        run.loss_sum, run.loss_steps = state.get("loss_sum", 0.0), state.get("loss_steps", 0)
     return run
 
 
@@ -297,7 +301,6 @@ def train_one_epoch(run: _Run, epoch: int, stop: threading.Event) -> Generator[d
     head_only = cfg.finetune == "head" or (cfg.finetune == "head_then_full" and epoch < cfg.head_epochs)
     if run.head_only != head_only:
         run.wrapped, run.head_only = _freeze(run, head_only), head_only
-    wrapped = run.wrapped
     order = np.random.default_rng([cfg.seed, epoch]).permutation(len(run.train_idx))
     # every step's batch positions, sorted (memmap reads in file order), and one copy on the device
     order = order[:run.steps_per_epoch * ctx.world * run.batch].reshape(run.steps_per_epoch, ctx.world, -1)
@@ -309,44 +312,55 @@ def train_one_epoch(run: _Run, epoch: int, stop: threading.Event) -> Generator[d
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_norms:
                 m.eval()  # a frozen backbone keeps its BatchNorm statistics, as Keras' trainable=False does
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    normalization = run.classifier.normalization
     generator = torch.Generator(device=device)
     started, losses, seen = time.perf_counter(), [], 0
     for s in range(run.step - epoch * run.steps_per_epoch, run.steps_per_epoch):
-        run.lr = scheduled_lr(cfg, run.step, run.steps_per_epoch)
-        for g in run.optimizer.param_groups:
-            g["lr"] = run.lr
-        positions, positions_on_device = order[s, ctx.rank], order_on_device[s, ctx.rank]
-        seed = (cfg.seed * 1_000_003 + run.step) * 64 + ctx.rank
-        torch.manual_seed(seed)  # dropout
-        generator.manual_seed(seed)  # augmentation
-        x = run.patches.batch(positions, positions_on_device)  # (B, 96, 96, 3) uint8
-        if cfg.augment:
-            inputs = augment_batch(x, normalization, cfg.crop, cfg.jitter, generator)
-        else:
-            inputs = to_model_input(x, normalization, cfg.crop)
-        inputs = inputs.contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
-            logits = wrapped(inputs).float().reshape(-1)
-        loss = F.binary_cross_entropy_with_logits(logits, run.labels[positions_on_device])
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        if run.ema is not None:
-            run.ema.update(model, run.step)
-        run.step += 1
+        losses.append(_train_step(run, order[s, ctx.rank], order_on_device[s, ctx.rank], generator))
         # Reading a loss waits for its step to finish. On a GPU, read the one before: by now it is done,
         # and the device keeps one step queued instead of idling while Python prepares the next.
-        losses.append(loss.detach())
         shown = losses[-2 if device.type == "cuda" and len(losses) > 1 else -1].item()
-        seen += len(positions) * ctx.world
+        seen += run.batch * ctx.world
         where = dict(epoch=epoch, step=run.step, steps_per_epoch=run.steps_per_epoch, loss=shown, lr=run.lr)
         run.folder.progress(**where)
         yield {"type": "step", **where, "img_per_s": seen / (time.perf_counter() - started)}
-        if ctx.any(stop.is_set()):
+        if s + 1 < run.steps_per_epoch and ctx.any(stop.is_set()):  # at the last step: validate first
+            run.loss_sum += torch.stack(losses).float().sum().item()  # so the resumed epoch's mean is whole
+            run.loss_steps += len(losses)
             return None
-    return torch.stack(losses).float().mean().item() if losses else float("nan")
+    total = run.loss_sum + (torch.stack(losses).float().sum().item() if losses else 0.0)
+    count = run.loss_steps + len(losses)
+    run.loss_sum, run.loss_steps = 0.0, 0
+    return total / count if count else float("nan")
+
+
+def _train_step(run: _Run, positions: np.ndarray, positions_on_device: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+    """One optimiser step on the training patches at `positions`; returns the loss, not yet read."""
+    cfg, ctx, device = run.cfg, run.ctx, run.ctx.device
+    run.lr = scheduled_lr(cfg, run.step, run.steps_per_epoch)
+    for g in run.optimizer.param_groups:
+        g["lr"] = run.lr
+    seed = (cfg.seed * 1_000_003 + run.step) * 64 + ctx.rank
+    torch.manual_seed(seed)  # dropout
+    generator.manual_seed(seed)  # augmentation
+    x = run.patches.batch(positions, positions_on_device)  # (B, 96, 96, 3) uint8
+    normalization = run.classifier.normalization
+    if cfg.augment:
+        inputs = augment_batch(x, normalization, cfg.crop, cfg.jitter, generator)
+    else:
+        inputs = to_model_input(x, normalization, cfg.crop)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    inputs = inputs.contiguous(memory_format=layout)
+    with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        logits = run.wrapped(inputs).float().reshape(-1)
+    loss = F.binary_cross_entropy_with_logits(logits, run.labels[positions_on_device])
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.classifier.module, run.step)
+    run.step += 1
+    return loss.detach()
 
 
 def evaluate(classifier: Classifier, store: PatchStore, indices: np.ndarray, tta: int = 1,

@@ -34,7 +34,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"
 $py -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" >>"$out/summary.txt"
 
 step demo 120 $py -m pcam_core demo --out "$tmp/demo" --n-train "$(n 2000)" --n-test "$(n 200)"
-step tile 120 $py -c "from pcam_core.bench import tile_kaggle as t; t('$tmp/demo', '$tmp/kaggle', $(n 220025), $(n 57458))"
+step tile 120 $py -c "from pcam_core.bench_baselines import tile_kaggle as t; t('$tmp/demo', '$tmp/kaggle', $(n 220025), $(n 57458))"
 step pack-277k 120 $py -m pcam_core pack --data "$tmp/kaggle"
 # the Kaggle epoch: 95% of 220,025 patches resident on the GPU, bf16, batch 512
 step train-lite0-2ep 240 $py -m pcam_core train --data "$tmp/kaggle" --model efficientnet_lite0 --epochs 2 \

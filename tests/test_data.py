@@ -232,7 +232,7 @@ def test_bad_files_are_skipped_counted_and_listed(demo_dir, tmp_path):
     assert "greyscale" in reasons[f"train/{ids[5]}.tif"]
     assert "no such file" in reasons[f"train/{ids[6]}.tif"]
     assert "no label" in reasons["train/stray.tif"]
-    assert "unsafe id" in reasons["train_labels.csv id '../outside'"]
+    assert "may only hold ASCII letters" in reasons["train_labels.csv id '../outside'"]
     assert not any(i in store.ids for i in ids[1:7]) and ids[0] in store.ids
     summary = store.describe()
     assert "bad files skipped: 8" in summary and f"train/{ids[3]}.tif: size 64x64" in summary

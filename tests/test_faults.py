@@ -190,3 +190,37 @@ def test_concurrent_forced_packs_of_one_folder_both_succeed(demo_dir, tmp_path):
         results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
         assert all(code == 0 for code, _ in results), results
     assert len(open_dataset(data)) == 200
+
+
+def test_a_corrupt_stats_table_makes_the_cache_rebuild(demo_dir, tmp_path):
+    data = kaggle_copy(demo_dir, tmp_path / "data", n=20)
+    open_dataset(data)
+    stats = cache_dir_for(data) / "pack" / "stats.parquet"
+    stats.write_bytes(stats.read_bytes()[:100])
+    store = open_dataset(data)  # notices, and packs again instead of failing on the Explore page
+    assert len(store.stats) == 20
+
+
+def test_a_sample_submission_that_cannot_be_read_is_named(demo_dir, tmp_path):
+    from pcam_core.models import Classifier
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    (data / "sample_submission.csv").write_text("identifier;label\nabc;0\n")
+    ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
+    one_line_error(cli("submit", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "s.csv"),
+                   "sample_submission.csv", "id column")
+
+
+def test_a_sample_submission_listing_only_some_test_ids_is_said_out_loud(demo_dir, tmp_path):
+    from pcam_core.models import Classifier
+
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    sample = pd.read_csv(data / "sample_submission.csv", dtype={"id": str})
+    sample.head(9).to_csv(data / "sample_submission.csv", index=False)
+    ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
+    done = cli("submit", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "s.csv")
+    assert done.returncode == 0, done.stderr
+    assert "lists 9 of the 60 test patches" in done.stderr and "leaves out 51" in done.stderr
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 9

@@ -76,7 +76,10 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(demo_dir, tmp_path):
     b = read_checkpoint(tmp_path / "stopped" / "last.pt")
     for key in ("state_dict", "train_state_dict"):
         assert all(torch.equal(v, b[key][k]) for k, v in a[key].items()), key
-    assert len(pd.read_csv(tmp_path / "stopped" / "metrics.csv")) == 2
+    straight, stopped = (pd.read_csv(tmp_path / name / "metrics.csv") for name in ("straight", "stopped"))
+    assert len(stopped) == 2  # the epoch cut in two reports the mean loss over all its steps
+    assert stopped["train_loss"].tolist() == pytest.approx(straight["train_loss"].tolist(), rel=1e-9)
+    assert stopped["val_auc"].tolist() == straight["val_auc"].tolist()
     with pytest.raises(ValueError, match="already finished"):
         run_all(TrainConfig(resume=str(tmp_path / "stopped")))
 

@@ -34,7 +34,8 @@ queue = row[4].toggle("Review queue", key="browse_queue", **keep,
                            "views disagree.")
 
 preds = ui.predictions(store, [ctx.run] if ctx.run else [], split, tta)
-table = review.review_table(store, split, ui.review_store().latest(ctx.dataset_key), preds)
+verdicts = ui.current_verdicts(ctx.dataset_key)
+table = review.review_table(store, split, verdicts, preds)
 has_preds = preds is not None
 predicted, outcome, low, high, min_priority, sort = "any", "any", 0.0, 1.0, 0.0, "dataset order"
 if has_preds:
@@ -73,8 +74,8 @@ if chosen is not None:
     ui.open_in_inspect(chosen, shown["index"].to_numpy())
 
 with st.expander("Verdicts on this dataset"):
-    counts = ui.review_store().counts(ctx.dataset_key)
-    st.write(", ".join(f"{name}: {n:,}" for name, n in counts.items()))
+    counts = verdicts["verdict"].value_counts()
+    st.write(", ".join(f"{name}: {counts.get(name, 0):,}" for name in review.VERDICTS))
     st.download_button("Download verdicts (CSV, full audit trail)",
-                       ui.review_store().export_csv(ctx.dataset_key, full_history=True),
+                       ui.verdict_history(ctx.dataset_key).to_csv(index=False),
                        file_name="pcam_verdicts.csv", mime="text/csv", on_click="ignore", key="browse_export")

@@ -46,7 +46,9 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None)
                                  checkpoint=str(ctx.run) if ctx.run else "", prob=prob)
     except (ValueError, OSError, sqlite3.Error) as e:  # a read-only or full verdict store, no reviewer name
         # the note stays in its box and the buttons stay: nothing the reviewer typed is lost
-        st.session_state["verdict_error"] = f"The verdict was not saved: {e}"
+        st.session_state["verdict_error"] = (f"The verdict was not saved: {e}. The verdict store is "
+                                             f"{ui.review_db()}: free disk space there, or point "
+                                             f"PCAM_REVIEW_DB at a writable file.")
         return
     st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
 
@@ -137,7 +139,7 @@ with dataset_tab:
 
     st.subheader("Verdict")
     st.caption("Do you agree with the label and the model that the centre 32x32 holds tumour?")
-    history = ui.review_store().history(ctx.dataset_key, patch_id)
+    history = ui.verdict_history(ctx.dataset_key, patch_id)
     if len(history):
         last = history.iloc[-1]
         st.markdown(f"Current verdict: **{last['verdict']}** by {last['reviewer']} ({last['created'][:16]})")

@@ -109,7 +109,8 @@ def live(run: Path) -> None:
                      help="Saves a resumable checkpoint, then ends the job."):
             jobs.stop(run)
     elif state in ("stopped", "failed") and (run / "last.pt").is_file():
-        if st.button("Resume", key="train_resume", icon=":material/replay:", disabled=busy is not None):
+        busy_now = jobs.active_job(runs.runs_dir(), device)  # this fragment reruns alone: ask again
+        if st.button("Resume", key="train_resume", icon=":material/replay:", disabled=busy_now is not None):
             try:
                 jobs.resume(run, device)
             except ValueError as e:
