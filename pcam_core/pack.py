@@ -69,11 +69,21 @@ class PackIndex:
 
 
 def list_image_names(folder: Path) -> list[str]:
-    """Names of the image files directly inside `folder`, sorted (hidden files ignored)."""
+    """Names of the image files directly inside `folder`, sorted (hidden files and folders ignored).
+
+    An entry that cannot even be checked (a symlink loop, a dangling link) is kept: decoding it fails and
+    it is listed among the skipped files with the reason, instead of stopping the whole listing.
+    """
     with os.scandir(folder) as it:
-        return sorted(
-            e.name for e in it if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "." and e.is_file()
-        )
+        return sorted(e.name for e in it
+                      if e.name.lower().endswith(IMAGE_SUFFIXES) and e.name[0] != "." and not _is_dir(e))
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def cache_dir_for(root: Path) -> Path:

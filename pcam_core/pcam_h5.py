@@ -43,7 +43,11 @@ class H5Images:
             local = rows[pick] - self.offsets[k]
             # h5py reads a point selection only in increasing order without repeats.
             uniq, inverse = np.unique(local, return_inverse=True)
-            out[pick] = self.arrays[k][uniq][inverse]
+            try:
+                out[pick] = self.arrays[k][uniq][inverse]
+            except OSError as e:  # a damaged compressed chunk: `info` passes, reading those rows fails
+                raise ValueError(f"{self.paths[k].name} is damaged: rows {uniq[0]} to {uniq[-1]} cannot be "
+                                 f"read ({e}); re-download it") from None
         return out
 
 
@@ -73,8 +77,10 @@ def open_pcam(root: Path) -> PatchStore:
             continue
         try:
             with h5py.File(path, "r") as f:
+                if not isinstance(f.get("x"), h5py.Dataset):
+                    raise ValueError(f"{path.name} has no dataset `x` of images; it is not a PCam image file")
                 shape, dtype = f["x"].shape, f["x"].dtype
-        except (OSError, KeyError) as e:
+        except OSError as e:
             raise ValueError(f"{path.name} is not a readable PCam file ({e}); re-download it") from None
         if shape[1:] != (PATCH, PATCH, 3) or dtype != np.uint8:
             raise ValueError(

@@ -224,3 +224,62 @@ def test_a_sample_submission_listing_only_some_test_ids_is_said_out_loud(demo_di
     assert done.returncode == 0, done.stderr
     assert "lists 9 of the 60 test patches" in done.stderr and "leaves out 51" in done.stderr
     assert len(pd.read_csv(tmp_path / "s.csv")) == 9
+
+
+def test_a_symlink_loop_in_train_is_listed_not_fatal(demo_dir, tmp_path):
+    data = kaggle_copy(demo_dir, tmp_path / "data", n=20)
+    (data / "train" / "loop.tif").symlink_to("loop.tif")
+    labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+    pd.concat([labels, pd.DataFrame({"id": ["loop"], "label": [1]})]).to_csv(data / "train_labels.csv",
+                                                                            index=False)
+    store = open_dataset(data)
+    assert len(store) == 20
+    reasons = dict(store.skipped[["path", "reason"]].values)
+    assert "symbolic links" in reasons["train/loop.tif"]
+
+
+def pcam_folder(folder: Path, x: np.ndarray, **dataset_options) -> Path:
+    import h5py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(folder / "camelyonpatch_level_2_split_train_x.h5", "w") as f:
+        f.create_dataset("x", data=x, **dataset_options)
+    with h5py.File(folder / "camelyonpatch_level_2_split_train_y.h5", "w") as f:
+        f.create_dataset("y", data=(np.arange(len(x)) % 2).reshape(-1, 1, 1, 1).astype(np.uint8))
+    return folder
+
+
+def test_damaged_pcam_image_files_are_named(tmp_path):
+    import h5py
+
+    group = tmp_path / "group"
+    group.mkdir()
+    with h5py.File(group / "camelyonpatch_level_2_split_train_x.h5", "w") as f:
+        f.create_group("x")
+    one_line_error(cli("info", "--data", group), "camelyonpatch_level_2_split_train_x.h5", "no dataset `x`")
+
+    x = np.random.default_rng(0).integers(0, 255, (64, 96, 96, 3), dtype=np.uint8)
+    damaged = pcam_folder(tmp_path / "damaged", x, compression="gzip", chunks=(8, 96, 96, 3))
+    path = damaged / "camelyonpatch_level_2_split_train_x.h5"
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    raw[middle:middle + 2000] = bytes(b ^ 0xFF for b in raw[middle:middle + 2000])  # corrupt a chunk
+    path.write_bytes(bytes(raw))
+    assert cli("info", "--data", damaged).returncode == 0  # the header is fine
+    from pcam_core.models import Classifier
+
+    ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
+    done = cli("predict", "--checkpoint", ckpt, "--data", damaged, "--split", "train", "--out",
+               tmp_path / "p.csv")
+    one_line_error(done, "camelyonpatch_level_2_split_train_x.h5 is damaged", "re-download")
+
+
+def test_a_cache_folder_that_is_a_file_and_a_broken_run_config_are_one_line(demo_dir, tmp_path):
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    one_line_error(cli("info", "--data", demo_dir, env={"PCAM_CACHE_DIR": str(blocker)}), str(blocker))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    (run / "last.pt").write_bytes(b"")
+    one_line_error(cli("train", "--resume", run), "config.json", "not valid JSON")
