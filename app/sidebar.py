@@ -46,12 +46,17 @@ def pack_with_progress(folder: Path, force: bool = False) -> str:
         command.append("--force")
     proc = subprocess.Popen(command, cwd=ui.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail = ""
-    for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # tqdm: "... 2500/5500 [00:12<...]"
-        tail = (tail + chunk.decode(errors="replace"))[-2000:]
-        counts = re.findall(r"(\d+)/(\d+) \[", tail)
-        if counts:
-            done, total = map(int, counts[-1])
-            bar.progress(done / max(total, 1), text=f"Packing {folder.name}: {done:,} of {total:,} patches")
+    try:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):  # tqdm: "... 2500/5500 [00:12<...]"
+            tail = (tail + chunk.decode(errors="replace"))[-2000:]
+            counts = re.findall(r"(\d+)/(\d+) \[", tail)
+            if counts:
+                done, total = map(int, counts[-1])
+                text = f"Packing {folder.name}: {done:,} of {total:,} patches"
+                bar.progress(done / max(total, 1), text=text)
+    except BaseException:  # the page was left or rerun: stop the pack; the next visit packs again
+        proc.terminate()
+        raise
     summary = proc.stdout.read().decode(errors="replace").strip()
     bar.empty()
     if proc.wait() != 0:

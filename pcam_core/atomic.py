@@ -1,13 +1,17 @@
-"""`atomic_write`: the one way a file that must never be read half-written is written.
+"""`atomic_write`, the one way a file that must never be read half-written is written; `file_lock`, the one
+way two processes (or two app sessions) take turns at something.
 
 The content goes to a hidden temp file beside the target, which is renamed over it only when complete;
 on any failure (a full disk included) the temp file is removed and the target keeps its old content.
+Each writer has its own temp name, so two threads of one process (two app sessions) never share one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +26,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
             tmp.write_text(text)
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -39,3 +43,24 @@ def write_text(path: str | Path, text: str) -> None:
     """Replaces the text file `path` atomically."""
     with atomic_write(path) as tmp:
         tmp.write_text(text)
+
+
+@contextmanager
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[bool]:
+    """Holds an exclusive lock on `path` (created, with its folder) for the block.
+
+    With `wait=False` it does not wait for another holder: it yields False, and the block should skip
+    what needed the lock. flock locks an open file, so it serialises threads as well as processes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -226,7 +226,8 @@ def bench_infer(data_dir: Path, device: str) -> list[dict]:
         norm = classifier.normalization
         base = None
         if files:
-            base = rate(partial(pil_predict, copy.deepcopy(classifier.module), files, norm, dev), window)
+            baseline = copy.deepcopy(classifier.module).eval()
+            base = rate(partial(pil_predict, baseline, files, norm, dev), window)
             rows.append({"what": f"{name}: DataLoader, PIL decode per image, fp32, TTA 1", "value": base,
                          "unit": "patches/s"})
         for tta, precision in ((1, "fp32"), (1, "auto"), (8, "auto")):

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from pcam_core.atomic import atomic_write, write_text
 from pcam_core.cli_common import Bar, open_store, open_store_ranked, rank, writable_file
 
 
@@ -26,7 +27,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     table = _predictions(args, store, args.split)
     if rank():
         return 0
-    table[["id", "prob"]].to_csv(out, index=False, float_format="%.8g")
+    with atomic_write(out) as tmp:
+        table[["id", "prob"]].to_csv(tmp, index=False, float_format="%.8g")
     print(f"wrote {len(table):,} {args.split} predictions (TTA {args.tta}, mean spread "
           f"{table['spread'].mean():.4f}) to {out}")
     return 0
@@ -73,7 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   "roc": metrics.roc_points(y, p).to_dict(orient="list"),
                   "pr": metrics.pr_points(y, p).fillna(-1).to_dict(orient="list"),
                   "calibration": metrics.calibration(y, p).fillna(-1).to_dict(orient="list")}
-        out.write_text(json.dumps(report, indent=1))
+        write_text(out, json.dumps(report, indent=1))
         print(f"wrote {out}")
     return 0
 
@@ -126,7 +128,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
         pair = np.concatenate([image, shown], axis=1)  # (96, 192, 3): the patch beside its overlay
         big = Image.fromarray(pair).resize((pair.shape[1] * 3, pair.shape[0] * 3), Image.NEAREST)
         big.save(args.out / f"{pid}.png")
-    table.to_csv(args.out / "cams.csv", index=False, float_format="%.5g")
+    with atomic_write(args.out / "cams.csv") as tmp:
+        table.to_csv(tmp, index=False, float_format="%.5g")
     print(f"wrote {len(table)} overlays (patch | {args.method}, {args.target}) and cams.csv to {args.out}; "
           f"mean centre focus {table['centre_focus'].mean():.3f} (uniform map: 0.111)")
     return 0

@@ -72,7 +72,7 @@ def _decode_pil(raw: bytes, path) -> np.ndarray:
             if im.mode != "RGB":
                 raise ValueError(f"mode {im.mode}, expected RGB")
             arr = np.asarray(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"unreadable image ({e})") from None
     return _check_shape(arr, path)
 

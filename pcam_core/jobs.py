@@ -10,7 +10,6 @@ start one job. This module does not import torch.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -19,13 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
 from pcam_core import runs
-from pcam_core.atomic import write_text
+from pcam_core.atomic import file_lock, write_text
 from pcam_core.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -50,17 +47,6 @@ def config_flags(config: TrainConfig) -> list[str]:
     return flags
 
 
-@contextmanager
-def _launch_lock(runs_dir: Path) -> Iterator[None]:
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    with open(runs_dir / ".launch.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def active_job(runs_dir: Path, device: str) -> Path | None:
     """The run folder of the job running on `device` ("cpu" or "cuda"), if any."""
     if not runs_dir.is_dir():
@@ -73,7 +59,7 @@ def active_job(runs_dir: Path, device: str) -> Path | None:
 
 
 def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bool) -> Path:
-    with _launch_lock(runs_dir):
+    with file_lock(runs_dir / ".launch.lock"):
         busy = active_job(runs_dir, device)
         if busy is not None:
             raise ValueError(f"a training job is already running on {device} ({busy.name}); "
@@ -143,8 +129,4 @@ def log_tail(run_dir: str | Path, lines: int = 15) -> str:
 
 
 def _job(run_dir: Path) -> dict:
-    try:
-        value = json.loads((run_dir / "job.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return runs.read_json(run_dir / "job.json")

@@ -302,11 +302,18 @@ def _field_problem(ckpt: dict) -> str | None:
     """What is wrong with a checkpoint's fields, or None."""
     if not isinstance(ckpt["model_name"], str) or not ckpt["model_name"]:
         return "model_name is not a name"
-    known = set(model_args_for(ckpt["model_name"], PATCH))
-    if not isinstance(ckpt["model_args"], dict) or not set(ckpt["model_args"]) <= known:
-        return (f"model_args {ckpt['model_args']!r} are not arguments {ckpt['model_name']} takes "
-                f"({sorted(known) or 'none'})")
+    if not isinstance(ckpt["config"], dict):
+        return f"config is a {type(ckpt['config']).__name__}, not a dict"
+    crop = ckpt["config"].get("crop", PATCH)
+    if not isinstance(crop, int) or isinstance(crop, bool) or not 16 <= crop <= PATCH:
+        return f"crop {crop!r} is not an input size between 16 and {PATCH} px"
+    expected = model_args_for(ckpt["model_name"], crop)
+    args = ckpt["model_args"]
+    if not isinstance(args, dict) or any(k not in expected or args[k] != expected[k] for k in args):
+        return (f"model_args {args!r} do not fit {ckpt['model_name']} at crop {crop} "
+                f"(expected {expected or 'none'})")
     norm = ckpt["normalization"]
+
     def three_numbers(values) -> bool:
         return (isinstance(values, (list, tuple)) and len(values) == 3
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values))
@@ -314,11 +321,6 @@ def _field_problem(ckpt: dict) -> str | None:
     if not (isinstance(norm, dict) and three_numbers(norm.get("mean")) and three_numbers(norm.get("std"))
             and all(v > 0 for v in norm["std"])):
         return "normalization needs mean and std of 3 finite numbers each (std > 0)"
-    if not isinstance(ckpt["config"], dict):
-        return f"config is a {type(ckpt['config']).__name__}, not a dict"
-    crop = ckpt["config"].get("crop", PATCH)
-    if not isinstance(crop, int) or not 16 <= crop <= PATCH:
-        return f"crop {crop!r} is not an input size between 16 and {PATCH} px"
     weights = ckpt["state_dict"]
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         return "state_dict is not a dict of tensors"
@@ -339,10 +341,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
     """
     file = checkpoint_file(path)
     ckpt = read_checkpoint(file)
-    module = create_model(ckpt["model_name"], pretrained=False, **ckpt["model_args"])
     try:
+        module = create_model(ckpt["model_name"], pretrained=False, **ckpt["model_args"])
         module.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError) as e:
         raise ValueError(f"{file}: its weights do not fit model {ckpt['model_name']} "
                          f"({str(e).splitlines()[0][:200]})") from e
     return Classifier(module.to(resolve_device(device)).eval(), ckpt["model_name"], ckpt["model_args"],

@@ -15,8 +15,8 @@ half-way leaves either the previous cache or none, never one that reads as compl
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,7 +26,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pcam_core.atomic import write_text
+from pcam_core.atomic import file_lock, write_text
 from pcam_core.decode import decode_file
 from pcam_core.geometry import PATCH, PATCH_BYTES
 
@@ -231,12 +231,18 @@ def _main_script_hidden():
             main.__file__ = path
 
 
-def remove_stale_builds(cache: Path) -> None:
-    """Removes the temporary folders of packs whose process died (killed, power cut) before finishing."""
-    for folder in [*cache.glob("pack.tmp-*"), *cache.glob("pack.old-*")]:
-        pid = folder.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(folder, ignore_errors=True)
+def remove_stale_builds(cache: Path, locked: bool = False) -> None:
+    """Removes the temporary folders of packs that died (killed, power cut, full disk) before finishing.
+
+    Only a holder of the pack lock may: every other pack of this cache then is dead. Without the lock
+    (`locked=False`) it tries to take it and skips the cleaning when a pack is running.
+    """
+    if not cache.is_dir():
+        return
+    with contextlib.nullcontext(True) if locked else file_lock(cache / "pack.lock", wait=False) as held:
+        if held:
+            for folder in [*cache.glob("pack.tmp-*"), *cache.glob("pack.old-*")]:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _decode_all(images_path: Path, entries: list, root: Path,
@@ -257,8 +263,9 @@ def _decode_all(images_path: Path, entries: list, root: Path,
     # memory-mapped cache on a full disk) breaks the pool with an error instead of hanging the parent
     workers = min(len(jobs), os.cpu_count() or 1)
     with _main_script_hidden(), ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+        futures = [pool.submit(_decode_chunk, job) for job in jobs]
         try:
-            for future in as_completed([pool.submit(_decode_chunk, job) for job in jobs]):
+            for future in as_completed(futures):
                 s, chunk_ok, chunk_reasons, chunk_stats = future.result()
                 ok[s : s + len(chunk_ok)] = chunk_ok
                 reasons[s : s + len(chunk_ok)] = chunk_reasons
@@ -271,6 +278,9 @@ def _decode_all(images_path: Path, entries: list, root: Path,
             raise OSError(f"a decode worker died while packing into {images_path.parent} ({free:.0f} MiB "
                           f"free there): a full disk or too little memory; free some, or set "
                           f"PCAM_CACHE_DIR to another disk") from e
+        except BaseException:  # Ctrl-C, a failing progress callback: drop the queued chunks, do not finish
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return ok, reasons, stats
 
 
@@ -284,17 +294,10 @@ def check_free_space(cache: Path, n: int) -> None:
                                     f"PCAM_CACHE_DIR to a bigger disk")
 
 
-@contextmanager
-def pack_lock(cache: Path) -> Iterator[None]:
+def pack_lock(cache: Path):
     """Serialises packs of one dataset (two app sessions, or `pack --force` twice): the second waits and
     then finds the first one's cache current, instead of racing it on the final rename."""
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "pack.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    return file_lock(cache / "pack.lock")
 
 
 def pack_files(
@@ -309,7 +312,7 @@ def pack_files(
     parallel on all cores; the finished folder replaces the previous pack by a rename."""
     start_time = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
-    remove_stale_builds(cache)
+    remove_stale_builds(cache, locked=True)  # the caller holds the pack lock
     check_free_space(cache, len(entries))
     tmp = cache / f"pack.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -67,6 +67,20 @@ def _labels(root: Path, split: str, n: int) -> np.ndarray:
     return y.astype(np.int8)
 
 
+def _image_count(path: Path) -> int:
+    """How many patches an x file holds; ValueError unless it is N x 96 x 96 x 3 uint8."""
+    try:
+        with h5py.File(path, "r") as f:
+            if not isinstance(f.get("x"), h5py.Dataset):
+                raise ValueError(f"{path.name} has no dataset `x` of images; it is not a PCam image file")
+            shape, dtype = f["x"].shape, f["x"].dtype
+    except OSError as e:
+        raise ValueError(f"{path.name} is not a readable PCam file ({e}); re-download it") from None
+    if shape[1:] != (PATCH, PATCH, 3) or dtype != np.uint8:
+        raise ValueError(f"{path.name} holds {shape} {dtype} images; PCam files hold N x 96 x 96 x 3 uint8")
+    return shape[0]
+
+
 def open_pcam(root: Path) -> PatchStore:
     """A PatchStore over the PCam HDF5 files in `root`; the stats table is computed once and cached."""
     paths, index_parts = [], []
@@ -75,28 +89,10 @@ def open_pcam(root: Path) -> PatchStore:
         path = _file(root, split, "x")
         if not path.is_file():
             continue
-        try:
-            with h5py.File(path, "r") as f:
-                if not isinstance(f.get("x"), h5py.Dataset):
-                    raise ValueError(f"{path.name} has no dataset `x` of images; it is not a PCam image file")
-                shape, dtype = f["x"].shape, f["x"].dtype
-        except OSError as e:
-            raise ValueError(f"{path.name} is not a readable PCam file ({e}); re-download it") from None
-        if shape[1:] != (PATCH, PATCH, 3) or dtype != np.uint8:
-            raise ValueError(
-                f"{path.name} holds {shape} {dtype} images; PCam files hold N x 96 x 96 x 3 uint8"
-            )
-        n = shape[0]
-        index_parts.append(
-            pd.DataFrame(
-                {
-                    "id": [f"{split}_{i:06d}" for i in range(n)],
-                    "split": split,
-                    "label": _labels(root, split, n),
-                    "row": np.arange(offset, offset + n),
-                }
-            )
-        )
+        n = _image_count(path)
+        index_parts.append(pd.DataFrame({"id": [f"{split}_{i:06d}" for i in range(n)], "split": split,
+                                         "label": _labels(root, split, n),
+                                         "row": np.arange(offset, offset + n)}))
         paths.append(path)
         offset += n
     if not paths:

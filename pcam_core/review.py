@@ -115,16 +115,6 @@ class ReviewStore:
         return self._query("SELECT * FROM verdicts WHERE dataset = ? AND patch_id = ? ORDER BY seq",
                            (dataset, str(patch_id)))
 
-    def counts(self, dataset: str) -> dict[str, int]:
-        """How many patches currently hold each verdict."""
-        current = self.latest(dataset)["verdict"].value_counts()
-        return {v: int(current.get(v, 0)) for v in VERDICTS}
-
-    def export_csv(self, dataset: str, full_history: bool = False) -> str:
-        """The current verdicts (or the whole audit trail) of a dataset as CSV text."""
-        table = self.history(dataset) if full_history else self.latest(dataset)
-        return table.to_csv(index=False)
-
 
 def priority(prob: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """How much a patch needs a reviewer, in [0, 2]: the model's doubt (1 at p = 0.5, 0 at p = 0 or 1)

