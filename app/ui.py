@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,9 @@ if TYPE_CHECKING:  # for the annotations only: importing models here would impor
     from pcam_core.models import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
+# A cached model is shared by every session (threads of one server): while Grad-CAM's hooks sit on it,
+# another session's forward pass would feed them, so model passes take turns.
+MODEL_IN_USE = threading.Lock()
 
 
 # ---- cached resources ----------------------------------------------------------------------------
@@ -137,7 +141,8 @@ def tta_views(run: str, mtime: float, image: np.ndarray) -> np.ndarray:
     """The tumour probability of one (96, 96, 3) patch under each of the 8 dihedral views."""
     from pcam_core import infer
 
-    return infer.predict_images(load_model(run, mtime), image[None], tta=8)["views"][0]
+    with MODEL_IN_USE:
+        return infer.predict_images(load_model(run, mtime), image[None], tta=8)["views"][0]
 
 
 @st.cache_data(max_entries=256)
@@ -146,7 +151,9 @@ def cam_map(run: str, mtime: float, image: np.ndarray, method: str, layer: str |
     """The (96, 96) CAM of one patch in [0, 1]."""
     from pcam_core import cam
 
-    return cam.compute_cams(load_model(run, mtime), image[None], method=method, layer=layer, target=target)[0]
+    with MODEL_IN_USE:
+        return cam.compute_cams(load_model(run, mtime), image[None], method=method, layer=layer,
+                                target=target)[0]
 
 
 @st.cache_data(max_entries=16)
