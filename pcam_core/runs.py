@@ -233,6 +233,23 @@ def status(run_dir: str | Path) -> dict:
             "device": job.get("device"), "started": job.get("started")}
 
 
+def progress(status: dict) -> tuple[float, str]:
+    """(share of the run done, what it is doing) from a `status`, counting steps within the epoch.
+
+    `step` in status.json counts steps since the run began; `epoch` counts the epochs finished.
+    """
+    epochs, per_epoch = status.get("epochs") or 0, status.get("steps_per_epoch") or 0
+    step, finished = status.get("step") or 0, status.get("epoch") or 0
+    if not epochs or not per_epoch:
+        return 0.0, "starting: loading the data and the model"
+    current = min(max(step - 1, 0) // per_epoch, epochs - 1)  # 0-based epoch of the latest step
+    in_epoch = step - current * per_epoch
+    share = min(step / (epochs * per_epoch), 1.0)
+    if in_epoch >= per_epoch and finished <= current:
+        return share, f"epoch {current + 1} of {epochs}: validating"
+    return share, f"epoch {current + 1} of {epochs}, step {in_epoch} of {per_epoch}"
+
+
 def list_runs(folder: str | Path) -> pd.DataFrame:
     """One row per run folder under `folder`, newest first: the checkpoint registry."""
     rows = []

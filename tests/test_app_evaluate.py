@@ -1,5 +1,7 @@
 """The Evaluate page: headline metrics, the live threshold, and mistakes opening in Inspect."""
 
+import pytest
+
 pytest_plugins = ["apptest"]
 
 
@@ -38,3 +40,22 @@ def test_a_false_positive_opens_in_inspect(open_app, with_model):
     assert not at.exception
     assert at.title[0].value == "Inspect"
     assert at.session_state["inspect_index"] == int(first.key.rsplit("_", 1)[1])
+
+
+def test_the_roc_marker_sits_at_the_threshold_own_point(open_app, with_model, demo_dir):
+    import json
+
+    from pcam_core import metrics
+    from pcam_core.data import open_dataset
+    from pcam_core.infer import predictions_table
+
+    at = open_app("evaluate")
+    at.slider(key="eval_threshold").set_value(0.91).run()
+    assert not at.exception
+    figures = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    roc = next(f for f in figures if f["layout"]["title"]["text"] == "ROC")
+    marker = roc["data"][2]
+    held = predictions_table([with_model], open_dataset(demo_dir), "holdout")
+    rates = metrics.at_threshold(held["label"], held["prob"], 0.91)
+    assert marker["x"][0] == pytest.approx(1 - rates["specificity"])
+    assert marker["y"][0] == pytest.approx(rates["sensitivity"])

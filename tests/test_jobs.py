@@ -102,3 +102,17 @@ def test_a_run_started_from_the_command_line_is_read_from_its_status(tmp_path):
     assert status["state"] == "failed" and status["pid"] == 2**22 + 17 and status["device"] is None
     (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 3, "best_auc": 0.91}))
     assert runs.list_runs(tmp_path / "runs")[["state", "best_auc"]].values.tolist() == [["finished", 0.91]]
+
+
+@pytest.mark.parametrize("status, share, text", [
+    ({"state": "running"}, 0.0, "starting: loading the data and the model"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 0, "epoch": 0}, 0.0, "epoch 1 of 2, step 0 of 35"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 12, "epoch": 0}, 12 / 70, "epoch 1 of 2, step 12 of 35"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 35, "epoch": 0}, 0.5, "epoch 1 of 2: validating"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 35, "epoch": 1}, 0.5, "epoch 1 of 2, step 35 of 35"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 56, "epoch": 1}, 0.8, "epoch 2 of 2, step 21 of 35"),
+    ({"epochs": 2, "steps_per_epoch": 35, "step": 70, "epoch": 1}, 1.0, "epoch 2 of 2: validating"),
+])
+def test_progress_counts_steps_within_the_epoch(status, share, text):
+    # the Train page once said "epoch 2 of 2, step 56 of 35" with the bar full as epoch 2 began
+    assert runs.progress(status) == (pytest.approx(share), text)

@@ -60,7 +60,7 @@ cols[3].metric("Accuracy", f"{rates['accuracy']:.3f}")
 
 roc, pr, confusion, reliability = st.columns(4)
 curve = metrics.roc_points(y, p)
-here = curve.iloc[(curve["threshold"] - threshold).abs().argmin()]
+here = {"fpr": 1 - rates["specificity"], "tpr": rates["sensitivity"]}  # the threshold's own point
 fig = go.Figure([
     go.Scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", line_color=ui.LABEL_COLOURS["tumour"]),
     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999")),

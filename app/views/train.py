@@ -85,14 +85,9 @@ def live(run: Path) -> None:
     status = runs.status(run)
     state = status["state"]
     st.markdown(f"#### {run.name}: {state}")
-    epoch, epochs = status.get("epoch") or 0, status.get("epochs") or 0
-    if state in runs.ACTIVE_STATES and epochs:
-        step, steps = status.get("step") or 0, status.get("steps_per_epoch") or 0
-        done = (min(epoch, epochs) + (step / steps if steps else 0)) / epochs
-        st.progress(min(done, 1.0),
-                    text=f"epoch {min(epoch + 1, epochs)} of {epochs}, step {step} of {steps}")
-    elif state == "starting":
-        st.progress(0.0, text="starting (loading the data and the model)")
+    if state in runs.ACTIVE_STATES:
+        share, text = runs.progress(status)
+        st.progress(share, text=text)
     if status["message"]:
         (st.error if state == "failed" else st.caption)(status["message"])
     table = runs.metrics(run)
