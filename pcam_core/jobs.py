@@ -58,7 +58,8 @@ def active_job(runs_dir: Path, device: str) -> Path | None:
     return None
 
 
-def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bool) -> Path:
+def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bool,
+            config: str | None = None) -> Path:
     with file_lock(runs_dir / ".launch.lock"):
         busy = active_job(runs_dir, device)
         if busy is not None:
@@ -67,6 +68,8 @@ def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bo
         if new and run_dir.exists():
             raise ValueError(f"run folder {run_dir} already exists; choose another name")
         run_dir.mkdir(parents=True, exist_ok=True)
+        if config is not None:
+            write_text(run_dir / "config.json", config)
         command = [sys.executable, "-m", "pcam_core", "train", *args]
         path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
         with open(run_dir / "job.log", "ab") as out:
@@ -93,7 +96,9 @@ def start(config: TrainConfig) -> Path:
         raise ValueError(f"a background job needs device cpu or cuda, got {config.device!r}")
     run_dir = runs.new_run_dir(config)
     config = replace(config, out=str(run_dir))
-    return _launch(run_dir.parent, run_dir, config_flags(config), config.device, new=True)
+    # config.json now, not when the trainer has started: the run list shows its model and data at once
+    return _launch(run_dir.parent, run_dir, config_flags(config), config.device, new=True,
+                   config=config.to_json())
 
 
 def resume(run_dir: str | Path, device: str = "cpu") -> Path:

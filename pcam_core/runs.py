@@ -22,8 +22,8 @@ from pcam_core.atomic import atomic_write, write_text
 from pcam_core.config import TrainConfig
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
-RUN_COLUMNS = ["run_id", "path", "model", "state", "epoch", "epochs", "best_auc", "device", "started",
-               "checkpoint"]
+RUN_COLUMNS = ["run_id", "path", "model", "dataset", "state", "epoch", "epochs", "best_auc", "device",
+               "started", "checkpoint"]
 ACTIVE_STATES = ("starting", "running")  # then one of finished, stopped, failed
 CHECKPOINTS = ("best.pt", "last.pt")  # the one a run is used by, in order of preference
 STATUS_EVERY_S = 2.0
@@ -261,7 +261,9 @@ def list_runs(folder: str | Path) -> pd.DataFrame:
         st = status(run_dir)
         started = st.get("started") or run_dir.stat().st_mtime  # runs started from the CLI have no job.json
         rows.append({"run_id": run_dir.name, "path": str(run_dir), "model": config.get("model", "?"),
-                     "state": st["state"], "epoch": st.get("epoch"), "epochs": st.get("epochs"),
+                     "dataset": Path(config["data"]).name if config.get("data") else "?",
+                     "state": st["state"], "epoch": st.get("epoch") or 0,
+                     "epochs": st.get("epochs") or config.get("epochs"),
                      "best_auc": st.get("best_auc"), "device": st.get("device"),
                      "started": pd.Timestamp(started, unit="s"),
                      "checkpoint": checkpoint_path(run_dir) is not None})

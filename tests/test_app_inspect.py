@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import json
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,9 @@ def test_the_page_shows_the_model_own_probability_and_cam(open_app, with_model, 
     assert metrics["Spread over views"] == f"{expected['spread'][0]:.3f}"
     assert metrics["Centre focus"] == f"{focus:.0%}"
     assert len(at.image) >= 2  # the patch and its CAM overlay
+    views = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert views["data"][0]["x"] == pytest.approx(expected["views"][0].tolist(), abs=1e-6)
+    assert views["layout"]["xaxis"]["range"] == [0, 1]  # a fixed axis: 0.004 never looks like certainty
 
 
 def test_verdicts_are_saved_at_once_with_the_model_and_its_probability(open_app, with_model, page_text,

@@ -1,5 +1,6 @@
 """The Train page: a tiny real job started from the form, followed to the end, listed as a run."""
 
+import json
 import time
 
 from pcam_core import jobs, runs
@@ -33,6 +34,9 @@ def test_training_from_the_form_runs_to_completion(open_app, page_text, tmp_path
     assert len(at.get("plotly_chart")) == 2  # loss and AUC curves
     table = at.dataframe[0].value
     assert table["state"].tolist() == ["finished"] and table["model"].tolist() == ["base_cnn"]
+    assert table["dataset"].tolist() == ["demo"]  # which data each run learned from
+    auc_chart = json.loads(at.get("plotly_chart")[1].proto.spec)
+    assert auc_chart["layout"]["yaxis"]["range"] == [0, 1.02]  # an AUC axis, not one that runs to 2
     config = at.json[0].value
     assert '"val_frac": 0.2' in config and '"augment": false' in config
     assert at.sidebar.selectbox(key="model_choice").value == table["run_id"].iloc[0]  # used from now on

@@ -3,7 +3,7 @@
 import sqlite3
 
 import numpy as np
-import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from app import images, sidebar, ui
@@ -78,9 +78,13 @@ def model_panel(rgb: np.ndarray, key: str, image_col, control_col) -> float | No
         cols = st.columns(2)
         cols[0].metric("P(tumour)", f"{views.mean():.3f}", help="Mean over the 8 flips and rotations.")
         cols[1].metric("Spread over views", f"{views.std():.3f}")
-        # 26 px a bar so all 8 view names show; the views in their own order, the original first
-        st.bar_chart(pd.DataFrame({"view": VIEW_NAMES, "P(tumour)": views}).set_index("view"), height=240,
-                     horizontal=True, sort=False, x_label="", y_label="P(tumour)")
+        # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
+        # 0.004 look like certainty
+        bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",
+                                hovertemplate="%{y}: P(tumour) %{x:.3f}<extra></extra>"))
+        bars.update_layout(height=250, margin=dict(t=10, b=10, l=10, r=10), xaxis_range=[0, 1],
+                           xaxis_title="P(tumour)", yaxis_autorange="reversed")
+        st.plotly_chart(bars, key=f"{key}_views", config={"displayModeBar": False})
         method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
                               help="gradcam is fast; scorecam is slow on CPU.")
         layers = ui.cam_layers(run, mtime)

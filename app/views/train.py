@@ -98,7 +98,8 @@ def live(run: Path) -> None:
                                      mode="lines+markers") for c in ("train_loss", "val_loss")])
         left.plotly_chart(loss.update_layout(title="loss", **layout), key="train_loss_chart")
         auc = go.Figure(go.Scatter(x=table["epoch"], y=table["val_auc"], mode="lines+markers"))
-        right.plotly_chart(auc.update_layout(title="validation ROC AUC", **layout), key="train_auc_chart")
+        auc.update_layout(title="validation ROC AUC", yaxis_range=[0, 1.02], **layout)
+        right.plotly_chart(auc, key="train_auc_chart")
     if state in runs.ACTIVE_STATES:
         if st.button("Stop", key="train_stop", icon=":material/stop:",
                      help="Saves a resumable checkpoint, then ends the job."):
