@@ -32,6 +32,7 @@ class Context:
     reviewer: str
     run: Path | None  # the chosen model's run folder, or None
     device: str
+    run_data: str = ""  # the dataset folder the chosen model trained on ("" when unrecorded)
 
 
 def pack_with_progress(folder: Path, force: bool = False) -> str:
@@ -124,30 +125,51 @@ def _loads(run: Path) -> bool:
     return True
 
 
-def model_picker() -> Path | None:
-    """Sidebar choice of a trained model among the runs that have a checkpoint, newest first.
+def model_picker(dataset_key: str) -> tuple[Path | None, str]:
+    """Sidebar choice of a trained model among the runs that have a checkpoint: those trained on this
+    dataset first, newest first, then the others, marked with the data they learned from.
 
-    Until the user picks one, it follows the newest finished run whose checkpoint loads (else the newest
-    run that loads), so a model trained on the Train page is used everywhere as soon as it finishes,
-    and a broken checkpoint never blocks the pages by default.
+    Until the user picks one, it follows the newest finished run on this dataset whose checkpoint loads
+    (else the newest such run that loads), so a model trained on the Train page is used everywhere as
+    soon as it finishes; a model of another dataset, or a broken checkpoint, is never the default.
+
+    Returns:
+        (the run folder or None, the dataset folder that run trained on).
     """
     table = runs.list_runs(runs.runs_dir())
-    table = table[table["checkpoint"]].set_index("run_id")
+    table = table[table["checkpoint"]]
+    here = table["data"] == dataset_key
+    table = pd.concat([table[here], table[~here]]).set_index("run_id")
     options = [NO_MODEL, *table.index]
     if not st.session_state.get("model_pinned") or st.session_state.get("model_choice") not in options:
-        finished = table["state"] == "finished"
-        candidates = [*table.index[finished], *table.index[~finished]]
+        mine = table[table["data"] == dataset_key]
+        finished = mine["state"] == "finished"
+        candidates = [*mine.index[finished], *mine.index[~finished]]
         st.session_state["model_choice"] = next(
             (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
 
     def label(run_id: str) -> str:
-        auc = table["best_auc"].get(run_id)
-        return run_id if run_id == NO_MODEL or pd.isna(auc) else f"{run_id} · AUC {auc:.3f}"
+        if run_id == NO_MODEL:
+            return run_id
+        auc, row = table["best_auc"].get(run_id), table.loc[run_id]
+        text = run_id if pd.isna(auc) else f"{run_id} · AUC {auc:.3f}"
+        return text if row["data"] == dataset_key else f"{text} · trained on {row['dataset']}"
 
     choice = st.sidebar.selectbox("Model", options, key="model_choice", format_func=label,
                                   on_change=_pin_model, help="Trained on the Train page; its predictions "
                                                              "feed Browse, Inspect, Evaluate and Submit.")
-    return None if choice == NO_MODEL else Path(table.loc[choice, "path"])
+    if choice == NO_MODEL:
+        return None, ""
+    return Path(table.loc[choice, "path"]), table.loc[choice, "data"]
+
+
+def warn_if_other_data(ctx: Context) -> None:
+    """On a page that scores: says so when the chosen model learned from another dataset."""
+    if ctx.run is not None and ctx.run_data != ctx.dataset_key:
+        where = Path(ctx.run_data).name if ctx.run_data else "data it did not record"
+        st.warning(f"The model {ctx.run.name} was trained on {where}, not on this dataset "
+                   f"({Path(ctx.dataset_key).name}): its probabilities may mean little here. Choose a model "
+                   f"trained on this dataset in the sidebar, or train one on the Train page.")
 
 
 def sidebar() -> Context:
@@ -159,10 +181,11 @@ def sidebar() -> Context:
         st.session_state.pop("inspect_order", None)
     reviewer = st.sidebar.text_input("Reviewer", key="reviewer", persist_state="session",
                                      placeholder="your name", help="Recorded with every verdict you give.")
-    run = model_picker()
+    run, run_data = model_picker(key)
     device = ui.device_label()
     st.sidebar.caption(f"Device: {device}")
-    ctx = Context(store=store, dataset_key=key, reviewer=reviewer.strip(), run=run, device=device)
+    ctx = Context(store=store, dataset_key=key, reviewer=reviewer.strip(), run=run, device=device,
+                  run_data=run_data)
     st.session_state["context"] = ctx
     return ctx
 

@@ -23,7 +23,7 @@ from pcam_core.config import TrainConfig
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds")
 RUN_COLUMNS = ["run_id", "path", "model", "dataset", "state", "epoch", "epochs", "best_auc", "device",
-               "started", "checkpoint"]
+               "started", "checkpoint", "data"]
 ACTIVE_STATES = ("starting", "running")  # then one of finished, stopped, failed
 CHECKPOINTS = ("best.pt", "last.pt")  # the one a run is used by, in order of preference
 STATUS_EVERY_S = 2.0
@@ -251,7 +251,8 @@ def progress(status: dict) -> tuple[float, str]:
 
 
 def list_runs(folder: str | Path) -> pd.DataFrame:
-    """One row per run folder under `folder`, newest first: the checkpoint registry."""
+    """One row per run folder under `folder`, newest first: the checkpoint registry (`data`: the resolved
+    dataset folder it trained on, "" when unrecorded; `dataset`: that folder's name)."""
     rows = []
     folder = Path(folder)
     for run_dir in folder.iterdir() if folder.is_dir() else []:
@@ -266,7 +267,8 @@ def list_runs(folder: str | Path) -> pd.DataFrame:
                      "epochs": st.get("epochs") or config.get("epochs"),
                      "best_auc": st.get("best_auc"), "device": st.get("device"),
                      "started": pd.Timestamp(started, unit="s"),
-                     "checkpoint": checkpoint_path(run_dir) is not None})
+                     "checkpoint": checkpoint_path(run_dir) is not None,
+                     "data": str(Path(config["data"]).expanduser().resolve()) if config.get("data") else ""})
     table = pd.DataFrame(rows, columns=RUN_COLUMNS).astype({"checkpoint": bool})
     return table.sort_values("started", ascending=False, ignore_index=True)
 

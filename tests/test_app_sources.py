@@ -68,3 +68,26 @@ def test_a_broken_checkpoint_is_not_the_default_and_chosen_gets_one_message(open
         assert at.error and "not a readable PCam Review checkpoint" in at.error[0].value, page
     at.sidebar.selectbox(key="model_choice").set_value("(no model)").run()
     assert not at.exception and not at.error  # the reviewer can carry on without it
+
+
+def test_a_model_of_another_dataset_is_marked_not_the_default_and_warned_about(open_app, with_model,
+                                                                             monkeypatch, demo_dir, tmp_path):
+    own = tmp_path / "my-kaggle-download"  # the same patches in another folder: another dataset to the app
+    own.mkdir()
+    for name in ("train", "test", "train_labels.csv", "sample_submission.csv"):
+        (own / name).symlink_to(demo_dir / name)
+    monkeypatch.setenv("PCAM_DATA", str(own))
+    at = open_app()
+    box = at.sidebar.selectbox(key="model_choice")
+    assert box.value == "(no model)"  # the demo-trained model is offered, never chosen for the reviewer
+    assert any(o.startswith("tiny") and o.endswith("trained on demo") for o in box.options), box.options
+    box.set_value("tiny").run()
+    for page in ("browse", "inspect", "evaluate"):
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception
+        assert "was trained on demo, not on this dataset" in at.warning[0].value, page
+
+    monkeypatch.setenv("PCAM_DATA", str(demo_dir))  # on its own dataset: the default, and no warning
+    at = open_app("browse")
+    assert at.sidebar.selectbox(key="model_choice").value == "tiny"
+    assert not any("not on this dataset" in w.value for w in at.warning)

@@ -18,6 +18,7 @@ ui.header("Browse", "Every patch of a split, with the centre 32x32 outlined. Fil
                     "wrong or is unsure of; the review queue puts first the unreviewed patches that most "
                     "need an eye.")
 ctx = sidebar.context()
+sidebar.warn_if_other_data(ctx)
 store = ctx.store
 keep = dict(persist_state="session", on_change=first_page)
 

@@ -13,6 +13,7 @@ ui.header("Evaluate", "How well the sidebar's model separates tumour from normal
                       "Move the threshold to trade sensitivity against specificity; click a mistake to "
                       "inspect it.")
 ctx = sidebar.context()
+sidebar.warn_if_other_data(ctx)
 store = ctx.store
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar (train one on the Train page).")

@@ -18,6 +18,7 @@ VIEW_NAMES = ["original", "rot 90", "rot 180", "rot 270", "flip", "flip + rot 90
 ui.header("Inspect", "A patch at 4x with its centre 32x32 outlined, what the model says under each flip and "
                      "rotation, where it looks (CAM), and your verdict on whether tumour lies in the centre.")
 ctx = sidebar.context()
+sidebar.warn_if_other_data(ctx)
 store = ctx.store
 
 

@@ -34,6 +34,10 @@ tta = row[1].selectbox("TTA views", [1, 2, 4, 8], index=2, key="submit_tta",
 if not chosen:
     st.info("Choose at least one model.")
     st.stop()
+others = [c for c in chosen if registry.set_index("run_id").loc[c, "data"] != ctx.dataset_key]
+if others:
+    st.warning(f"Trained on another dataset than this one: {', '.join(others)}. Their probabilities may mean "
+               f"little here.")
 
 if st.button("Predict the test patches", type="primary", key="submit_predict", icon=":material/play_arrow:"):
     st.session_state["submit_request"] = (tuple(chosen), tta)

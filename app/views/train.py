@@ -65,8 +65,8 @@ if registry.empty:
                "minutes on two CPU cores.")
     st.stop()
 picked = st.dataframe(
-    registry.drop(columns=["path", "checkpoint"]), hide_index=True, key="train_runs", on_select="rerun",
-    selection_mode="single-row",
+    registry.drop(columns=["path", "checkpoint", "data"]), hide_index=True, key="train_runs",
+    on_select="rerun", selection_mode="single-row",
     column_config={"best_auc": st.column_config.NumberColumn("best AUC", format="%.4f"),
                    "started": st.column_config.DatetimeColumn("started", format="YYYY-MM-DD HH:mm"),
                    "run_id": "run"})
