@@ -58,6 +58,8 @@ def test_verdicts_are_saved_at_once_with_the_model_and_its_probability(open_app,
     at.button(key="inspect_verdict_disagree").click().run()
     assert not at.exception
     assert "Current verdict: **disagree** by Dr Ann" in page_text(at)
+    assert at.text_input(key="inspect_note_0").value == ""  # the note went with that verdict only
+    assert {b.proto.type for b in at.button if b.key.startswith("inspect_verdict_")} == {"secondary"}
 
     trail = ReviewStore(tmp_path / "reviews.sqlite").history(str(demo_dir.resolve()))
     assert len(trail) == 1

@@ -51,6 +51,7 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None)
                                              f"{ui.review_db()}: free disk space there, or point "
                                              f"PCAM_REVIEW_DB at a writable file.")
         return
+    st.session_state[note_key] = ""  # saved with this verdict: it must not ride along with the next one
     st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
 
 
@@ -156,7 +157,7 @@ with dataset_tab:
     buttons = st.columns(len(VERDICTS) + 3)
     for col, verdict in zip(buttons, VERDICTS, strict=False):
         col.button(verdict.capitalize(), key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
-                   type="primary" if verdict == "agree" else "secondary", width="stretch",
+                   type="secondary", width="stretch",  # no answer is styled as the expected one
                    on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob))
     if len(history):
         with st.expander(f"History of this patch ({len(history)} verdicts)"):
