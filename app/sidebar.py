@@ -104,7 +104,7 @@ def dataset_picker() -> tuple[PatchStore, str]:
         st.stop()
     try:
         store = open_store(path)
-    except (ValueError, FileNotFoundError, PermissionError, OSError) as e:
+    except (ValueError, OSError) as e:
         st.error(f"Cannot open {path} as a dataset: {e}")
         st.stop()
     if source == FOLDER_LABEL:

@@ -8,6 +8,7 @@ Each writer has its own temp name, so two threads of one process (two app sessio
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -32,7 +33,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno == 28:  # ENOSPC: say where and how much is left
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # say where, and how much is left
             free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
             raise OSError(e.errno, f"disk full while writing {path} ({free / 2**20:.0f} MiB free); "
                                    f"free some space and try again") from e

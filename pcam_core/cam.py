@@ -16,7 +16,7 @@ import torch
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
 from torch import nn
 
-from pcam_core.geometry import CENTRE, PATCH
+from pcam_core.geometry import CENTRE, PATCH, as_patches
 from pcam_core.models import Classifier, cam_target_layer
 from pcam_core.transforms import to_model_input
 
@@ -114,9 +114,7 @@ def compute_cams(classifier: Classifier, images: np.ndarray, method: str = "grad
         raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHODS)}")
     if target not in TARGETS:
         raise ValueError(f"unknown CAM target {target!r}; choose from {', '.join(TARGETS)}")
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
-        raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
+    images = as_patches(images)
     model, crop = classifier.module.eval(), classifier.crop
     device = next(model.parameters()).device
     target_layer = _target_layer(model, layer, crop)

@@ -1,6 +1,16 @@
 """Patch geometry: a PCam patch is 96 x 96 RGB; its label is about the centre 32 x 32."""
 
+import numpy as np
+
 PATCH = 96  # side of a patch in px
 CENTRE = slice(32, 64)  # rows and columns of the centre 32 x 32 that the label describes
 PATCH_BYTES = PATCH * PATCH * 3  # one uint8 RGB patch
 SPLITS = ("train", "valid", "test")  # in store order
+
+
+def as_patches(images) -> np.ndarray:
+    """`images` as an (N, 96, 96, 3) uint8 array; ValueError saying what it is instead."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
+        raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
+    return images

@@ -22,7 +22,7 @@ import torch
 
 from pcam_core.atomic import atomic_write
 from pcam_core.distributed import Distributed
-from pcam_core.geometry import PATCH
+from pcam_core.geometry import as_patches
 from pcam_core.models import BaseCNN, Classifier, load, resolve_device
 from pcam_core.runs import checkpoint_file
 from pcam_core.splits import holdout_indices
@@ -105,9 +105,7 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
 def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
                    device: str | torch.device = "auto") -> dict[str, np.ndarray]:
     """`predict` for patches in memory (an upload): images (N, 96, 96, 3) uint8."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
-        raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
+    images = as_patches(images)
     return _predict([classifier], lambda start, stop: images[start:stop], len(images), tta, device, None,
                     "auto", None)
 
