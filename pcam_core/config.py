@@ -99,7 +99,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         ranges = {  # option: (test, the allowed range in words)
             "val_frac": (lambda v: 0 < v < 1, "between 0 and 1 (e.g. 0.1)"),
-            "lr": (lambda v: 0 < v <= 10, "a positive number (e.g. 0.002)"),
+            "lr": (lambda v: 0 < v <= 10, "a positive number up to 10 (e.g. 0.002)"),
             "weight_decay": (lambda v: 0 <= v <= 10, "0 or a positive number (e.g. 0.05)"),
             "warmup_frac": (lambda v: 0 <= v < 1, "from 0 up to below 1 (e.g. 0.15)"),
             "jitter": (lambda v: 0 <= v <= 1, "from 0 (off) to 1 (e.g. 0.05)"),

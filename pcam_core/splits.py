@@ -83,7 +83,10 @@ def holdout_indices(run_dirs: list[str | Path], store: PatchStore) -> np.ndarray
     root = Path(store.root).resolve()
     for given in run_dirs:
         run_dir = runs.run_folder_of(given)
-        data = TrainConfig.load(run_dir / "config.json").data if (run_dir / "config.json").is_file() else ""
+        if not (run_dir / "config.json").is_file():
+            raise ValueError(f"{given} is not in a run folder written by `train` (no config.json beside it), "
+                             "so the patches it held out are unknown; choose a split instead")
+        data = TrainConfig.load(run_dir / "config.json").data
         if not data or Path(data).expanduser().resolve() != root:
             raise ValueError(f"run {run_dir.name} was trained on {data or 'unrecorded data'}, not {root}, so "
                              "its held-out patches are unknown here; choose a split instead")
