@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pcam_core import cli_predict
+from pcam_core import cli_predict, cli_slide
 from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, rank
 
 
@@ -30,6 +30,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.close()
     print(f"wrote {summary['n_train']} train ({summary['n_positive']} tumour) and {summary['n_test']} test "
           f"patches to {args.out}")
+    if args.slide:
+        from pcam_core.demo_slide import make_demo_slide
+
+        info = make_demo_slide(args.out / "slides" / "demo-slide.tif", seed=args.seed)
+        print(f"wrote a {info['width']} x {info['height']} px demo slide to {info['path']}")
     return 0
 
 
@@ -149,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=int, default=5000)
     s.add_argument("--n-test", type=int, default=500)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--slide", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write a synthetic whole-slide image with known tumour to OUT/slides")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("info", help="summarise a dataset folder (packs it first when needed)")
@@ -162,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train_parser(sub)
     cli_predict.add_parsers(sub)
+    cli_slide.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

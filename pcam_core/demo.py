@@ -5,7 +5,8 @@ Colours come from Beer-Lambert stain mixing: each pixel's optical density is a h
 vector, with both vectors jittered per patch as stains vary between labs. Normal tissue carries
 small round lymphocyte-like nuclei; tumour carries clusters of larger, darker, crowded, irregular
 nuclei. The mask marks tumour nuclei and the label follows PCam's rule: 1 exactly when the mask
-touches the centre 32x32 region. Some normal patches carry tumour only in the outer ring, and some
+touches the centre 32x32 region. Some tumour patches hold only the margin of a cluster beside the
+centre, some normal patches carry tumour only in the outer ring, and some
 are blank glass or fat.
 """
 
@@ -28,20 +29,26 @@ log = logging.getLogger(__name__)
 
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
 EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
-# Share of each kind of patch; label 1 comes from "tumour" (the cluster reaches the centre).
-KINDS = {"tumour": 0.40, "ring": 0.12, "normal": 0.42, "blank": 0.06}
+# Share of each kind of patch; label 1 comes from "tumour" (the cluster covers the centre) and "edge" (a
+# cluster beside the centre reaches into it by a few nuclei, as at a tumour's margin on a slide).
+KINDS = {"tumour": 0.32, "edge": 0.08, "ring": 0.12, "normal": 0.42, "blank": 0.06}
 
 _YY, _XX = np.mgrid[0:PATCH, 0:PATCH].astype(np.float32)
 
 
-def smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
-    """(96, 96) low-frequency noise in [0, 1]: a random `cells` x `cells` grid upsampled bilinearly."""
+def smooth_noise(rng: np.random.Generator, cells: int, shape: tuple[int, int] = (PATCH, PATCH)) -> np.ndarray:
+    """Low-frequency noise of `shape` in [0, 1]: a random grid of `cells` per side upsampled bilinearly."""
     grid = rng.random((cells + 1, cells + 1), dtype=np.float32)
-    pos = np.linspace(0, cells, PATCH, dtype=np.float32)
+    rows = _interpolate(grid, shape[0], cells)  # (h, cells+1)
+    return _interpolate(rows.T, shape[1], cells).T
+
+
+def _interpolate(grid: np.ndarray, n: int, cells: int) -> np.ndarray:
+    """Rows of `grid` resampled linearly to `n` rows spanning the same extent."""
+    pos = np.linspace(0, cells, n, dtype=np.float32)
     i = np.minimum(pos.astype(int), cells - 1)
     f = pos - i
-    rows = grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]  # (96, cells+1)
-    return rows[:, i] * (1 - f) + rows[:, i + 1] * f
+    return grid[i] * (1 - f)[:, None] + grid[i + 1] * f[:, None]
 
 
 def draw_nuclei(
@@ -53,17 +60,19 @@ def draw_nuclei(
     darkness: tuple[float, float],
     irregular: float,
 ) -> None:
-    """Adds elliptical nuclei at `centres` (K, 2) to `density` (96, 96) in place; marks `mask` too."""
+    """Adds elliptical nuclei at `centres` (K, 2) to `density` (H, W) in place; marks `mask` too."""
+    height, width = density.shape
     for cy, cx in centres:
         r = rng.uniform(*radius)
         aspect = rng.uniform(1 - irregular, 1 + irregular)
         angle = rng.uniform(0, np.pi)
         r0 = int(np.ceil(r * max(aspect, 1 / aspect))) + 2
-        y0, y1 = max(int(cy) - r0, 0), min(int(cy) + r0 + 1, PATCH)
-        x0, x1 = max(int(cx) - r0, 0), min(int(cx) + r0 + 1, PATCH)
+        y0, y1 = max(int(cy) - r0, 0), min(int(cy) + r0 + 1, height)
+        x0, x1 = max(int(cx) - r0, 0), min(int(cx) + r0 + 1, width)
         if y0 >= y1 or x0 >= x1:
             continue
-        dy, dx = _YY[y0:y1, x0:x1] - cy, _XX[y0:y1, x0:x1] - cx
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] - cx
         u = (dx * np.cos(angle) + dy * np.sin(angle)) / (r * aspect)
         v = (-dx * np.sin(angle) + dy * np.cos(angle)) * aspect / r
         d = u * u + v * v
@@ -88,7 +97,7 @@ def scatter(rng: np.random.Generator, n: int, centre: tuple[float, float], radiu
 
 
 def make_patch(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """One patch of `kind` ("tumour", "ring", "normal", "blank"): (96, 96, 3) uint8 and (96, 96) bool mask."""
+    """One patch of a `KINDS` kind: (96, 96, 3) uint8 and (96, 96) bool mask."""
     mask = np.zeros((PATCH, PATCH), bool)
     hema = np.zeros((PATCH, PATCH), np.float32)
     if kind == "blank":
@@ -105,10 +114,15 @@ def make_patch(rng: np.random.Generator, kind: str) -> tuple[np.ndarray, np.ndar
         eosin = np.where(holes, eosin * 0.2, eosin)
         n_lymph = int(rng.integers(15, 70))
         draw_nuclei(hema, None, rng, rng.uniform(0, PATCH, (n_lymph, 2)), (1.8, 3.0), (0.9, 1.3), 0.1)
-        if kind in ("tumour", "ring"):
+        if kind in ("tumour", "edge", "ring"):
             if kind == "tumour":
                 centre = rng.uniform(36, 60, 2)
                 radius = rng.uniform(12, 34)
+            elif kind == "edge":  # the cluster's rim crosses a side of the centre box by 2-10 px
+                radius = rng.uniform(10, 20)
+                along, across = rng.uniform(32, 64), 32 - radius + rng.uniform(2, 10)
+                centre = [(across, along), (along, across), (PATCH - across, along), (along, PATCH - across)][
+                    rng.integers(4)]
             else:  # wholly in the outer ring, clear of the centre 32x32
                 radius = rng.uniform(7, 11)
                 side = rng.integers(4)

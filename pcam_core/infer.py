@@ -98,7 +98,7 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
         0 for tta=1) and "views" (N, tta) float32 (the probability per view, ensemble-averaged).
     """
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    return _predict(classifiers, lambda start, stop: store.batch(indices[start:stop]), len(indices), tta,
+    return predict_rows(classifiers, lambda start, stop: store.batch(indices[start:stop]), len(indices), tta,
                     device, batch_size, precision, progress)
 
 
@@ -106,13 +106,15 @@ def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
                    device: str | torch.device = "auto") -> dict[str, np.ndarray]:
     """`predict` for patches in memory (an upload): images (N, 96, 96, 3) uint8."""
     images = as_patches(images)
-    return _predict([classifier], lambda start, stop: images[start:stop], len(images), tta, device, None,
+    return predict_rows([classifier], lambda start, stop: images[start:stop], len(images), tta, device, None,
                     "auto", None)
 
 
-def _predict(classifiers: Sequence[Classifier], read_rows: Callable[[int, int], np.ndarray], n: int,
-             tta: int, device, batch_size: int | None, precision: str,
-             progress: Progress | None) -> dict[str, np.ndarray]:
+def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, int], np.ndarray], n: int,
+                 tta: int, device, batch_size: int | None, precision: str,
+                 progress: Progress | None) -> dict[str, np.ndarray]:
+    """`predict` over any source of patches: read_rows(start, stop) returns rows start..stop of `n`
+    (B, 96, 96, 3) uint8, called in order on a reader thread, one batch ahead of the model."""
     if isinstance(classifiers, Classifier) or not classifiers:
         raise ValueError("predict takes a non-empty list of Classifiers (models.load(path) makes one)")
     views = _view_indices(tta)

@@ -70,18 +70,39 @@ def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bo
         run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_text(run_dir / "config.json", config)
-        command = [sys.executable, "-m", "pcam_core", "train", *args]
-        path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
-        with open(run_dir / "job.log", "ab") as out:
-            proc = subprocess.Popen(command, cwd=PACKAGE_PARENT, env={**os.environ, "PYTHONPATH": path},
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        # a thread waits on the child so that it is reaped when it ends, not left a zombie of the app
-        threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
-        write_text(run_dir / "job.json", json.dumps({"pid": proc.pid, "device": device, "command": command,
-                                                     "started": time.time()}, indent=2))
-    log.info("started training job %s (pid %d) on %s", run_dir.name, proc.pid, device)
+        pid = _spawn(["train", *args], run_dir, device)
+    log.info("started training job %s (pid %d) on %s", run_dir.name, pid, device)
     return run_dir
+
+
+def _spawn(args: list[str], folder: Path, device: str) -> int:
+    """Starts `python -m pcam_core ARGS` detached, its output in folder/job.log; records folder/job.json."""
+    command = [sys.executable, "-m", "pcam_core", *args]
+    path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
+    with open(folder / "job.log", "ab") as out:
+        proc = subprocess.Popen(command, cwd=PACKAGE_PARENT, env={**os.environ, "PYTHONPATH": path},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    # a thread waits on the child so that it is reaped when it ends, not left a zombie of the app
+    threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
+    write_text(folder / "job.json", json.dumps({"pid": proc.pid, "device": device, "command": command,
+                                                "started": time.time()}, indent=2))
+    return proc.pid
+
+
+def start_slide_map(folder: Path, flags: list[str], device: str) -> None:
+    """Starts `python -m pcam_core slide FLAGS` in the background for the map kept in `folder`
+    (`slide_cache.map_dir` of the same slide, checkpoints and settings); its state is read from there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / ".launch.lock"):
+        if runs.alive(_job(folder).get("pid")):
+            raise ValueError("this slide is already being scored with these settings; wait for it")
+        (folder / "job.log").unlink(missing_ok=True)
+        meta = runs.read_json(folder / "meta.json")
+        if meta:  # an earlier run's "stopped" or "failed" must not show while this one starts
+            write_text(folder / "meta.json", json.dumps({**meta, "state": "starting", "error": ""}, indent=2))
+        pid = _spawn(["slide", *flags, "--device", device], folder, device)
+    log.info("started scoring %s (pid %d) on %s", folder.name, pid, device)
 
 
 def start(config: TrainConfig) -> Path:
@@ -135,3 +156,12 @@ def log_tail(run_dir: str | Path, lines: int = 15) -> str:
 
 def _job(run_dir: Path) -> dict:
     return runs.read_json(run_dir / "job.json")
+
+
+def stop_slide_map(folder: str | Path) -> bool:
+    """Asks a running scoring job to stop (it saves the map so far first). False when not running."""
+    pid = _job(Path(folder)).get("pid")
+    if not runs.alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    return True

@@ -217,7 +217,7 @@ def pool_context() -> mp.context.BaseContext:
 
 
 @contextmanager
-def _main_script_hidden():
+def main_script_hidden():
     """A forkserver worker re-runs the parent's main script before it takes work (Python does so in case
     the work was defined there). Ours lives in this module, and the main script may be a Streamlit page
     run by AppTest, or any unguarded script, which must not run again in a decode worker: hide it
@@ -262,7 +262,7 @@ def _decode_all(images_path: Path, entries: list, root: Path,
     # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, or SIGBUS writing the
     # memory-mapped cache on a full disk) breaks the pool with an error instead of hanging the parent
     workers = min(len(jobs), os.cpu_count() or 1)
-    with _main_script_hidden(), ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+    with main_script_hidden(), ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         futures = [pool.submit(_decode_chunk, job) for job in jobs]
         try:
             for future in as_completed(futures):

@@ -3,17 +3,13 @@
 import sqlite3
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
-from app import images, sidebar, ui
-from pcam_core.cam import METHODS, TARGETS, centre_focus, overlay
+from app import images, patch_panel, sidebar, ui
 from pcam_core.data import PatchStore
 from pcam_core.review import VERDICTS
 
-SCALE = 4  # 96 px -> 384 px on screen
-VIEW_NAMES = ["original", "rot 90", "rot 180", "rot 270", "flip", "flip + rot 90", "flip + rot 180",
-              "flip + rot 270"]
+SCALE = patch_panel.SCALE
 
 ui.header("Inspect", "A patch at 4x with its centre 32x32 outlined, what the model says under each flip and "
                      "rotation, where it looks (CAM), and your verdict on whether tumour lies in the centre.")
@@ -55,60 +51,6 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None)
     st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
 
 
-@st.fragment
-def cam_view(rgb: np.ndarray, cam: np.ndarray, key: str) -> None:
-    """The overlay alone reruns when the opacity or colours change: the map is not recomputed."""
-    alpha = st.session_state.get(f"{key}_alpha", 0.45)
-    colormap = st.session_state.get(f"{key}_cmap", "jet")
-    st.image(images.upscale(overlay(rgb, cam, alpha=alpha, colormap=colormap), SCALE), width="stretch",
-             output_format="PNG",
-             caption="CAM over the patch: warm colours mark the evidence for the target")
-    row = st.columns(2)
-    row[0].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_alpha")
-    row[1].selectbox("Colours", ["jet", "inferno", "viridis"], key=f"{key}_cmap")
-
-
-def model_panel(rgb: np.ndarray, key: str, image_col, control_col) -> float | None:
-    """Prediction per TTA view and CAM controls in `control_col`, the overlay in `image_col`;
-    returns P(tumour), None without a model."""
-    if ctx.run is None:
-        control_col.info("Choose a trained model in the sidebar to see its prediction and CAM.")
-        return None
-    run, mtime = ui.model_key(ctx.run)
-    views = ui.tta_views(run, mtime, rgb)
-    with control_col:
-        cols = st.columns(2)
-        cols[0].metric("P(tumour)", f"{views.mean():.3f}", help="Mean over the 8 flips and rotations.")
-        cols[1].metric("Spread over views", f"{views.std():.3f}")
-        # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
-        # 0.004 look like certainty
-        bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",
-                                hovertemplate="%{y}: P(tumour) %{x:.3f}<extra></extra>"))
-        bars.update_layout(height=250, margin=dict(t=10, b=10, l=10, r=10), xaxis_range=[0, 1],
-                           xaxis_title="P(tumour)", yaxis_autorange="reversed")
-        st.plotly_chart(bars, key=f"{key}_views", config={"displayModeBar": False})
-        method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
-                              help="gradcam is fast; scorecam is slow on CPU.")
-        layers = ui.cam_layers(run, mtime)
-        layer = st.selectbox("Layer", [None, *reversed(layers[-12:])], key=f"{key}_layer",
-                             format_func=lambda name: "default (last conv block)" if name is None else name)
-        target = st.selectbox("Explain", TARGETS, key=f"{key}_target")
-        try:
-            cam = ui.cam_map(run, mtime, rgb, method, layer, target)
-        except (ValueError, RuntimeError) as e:
-            st.error(f"CAM failed: {e}")
-            return float(views.mean())
-        focus = float(centre_focus(cam[None])[0])
-        st.metric("Centre focus", "n/a" if np.isnan(focus) else f"{focus:.0%}",
-                  help="Share of the CAM's mass inside the centre 32x32 (a uniform map gives 11%). The label "
-                       "depends on the centre only, so a low share means the model looks at context.")
-        if np.isnan(focus):
-            st.caption("The map is empty: nothing in this patch pushes the model towards the target.")
-    with image_col:
-        cam_view(rgb, cam, key)
-    return float(views.mean())
-
-
 dataset_tab, upload_tab = st.tabs(["Dataset patch", "Your own patch"])
 with dataset_tab:
     order = st.session_state.get("inspect_order")
@@ -141,7 +83,7 @@ with dataset_tab:
         if mask is not None and mask[0].any():
             st.image(images.with_centre_box(np.where(mask[0][..., None], rgb, rgb // 3), 2),
                      caption="tumour pixels (demo ground truth)")
-    prob = model_panel(rgb, "inspect", heat, controls)
+    prob = patch_panel.model_panel(ctx.run, rgb, "inspect", heat, controls)
 
     st.subheader("Verdict")
     st.caption("Do you agree with the label and the model that the centre 32x32 holds tumour?")
@@ -177,4 +119,4 @@ with upload_tab:
             original, heat, controls = st.columns([4, 4, 3])
             original.image(images.with_centre_box(own, SCALE), width="stretch", output_format="PNG",
                            caption=upload.name)
-            model_panel(own, "upload", heat, controls)
+            patch_panel.model_panel(ctx.run, own, "upload", heat, controls)

@@ -1,0 +1,68 @@
+"""The model's view of one patch, shared by Inspect and Slides: P(tumour) per TTA view and Grad-CAM."""
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from app import images, ui
+from pcam_core.cam import METHODS, TARGETS, centre_focus, overlay
+
+SCALE = 4  # 96 px -> 384 px on screen
+VIEW_NAMES = ["original", "rot 90", "rot 180", "rot 270", "flip", "flip + rot 90", "flip + rot 180",
+              "flip + rot 270"]
+
+
+@st.fragment
+def cam_view(rgb: np.ndarray, cam: np.ndarray, key: str) -> None:
+    """The overlay alone reruns when the opacity or colours change: the map is not recomputed."""
+    alpha = st.session_state.get(f"{key}_alpha", 0.45)
+    colormap = st.session_state.get(f"{key}_cmap", "jet")
+    st.image(images.upscale(overlay(rgb, cam, alpha=alpha, colormap=colormap), SCALE), width="stretch",
+             output_format="PNG",
+             caption="CAM over the patch: warm colours mark the evidence for the target")
+    row = st.columns(2)
+    row[0].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key=f"{key}_alpha")
+    row[1].selectbox("Colours", ["jet", "inferno", "viridis"], key=f"{key}_cmap")
+
+
+def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_col) -> float | None:
+    """Prediction per TTA view and CAM controls in `control_col`, the overlay in `image_col`;
+    returns P(tumour), None without a model."""
+    if run is None:
+        control_col.info("Choose a trained model in the sidebar to see its prediction and CAM.")
+        return None
+    run, mtime = ui.model_key(run)
+    views = ui.tta_views(run, mtime, rgb)
+    with control_col:
+        cols = st.columns(2)
+        cols[0].metric("P(tumour)", f"{views.mean():.3f}", help="Mean over the 8 flips and rotations.")
+        cols[1].metric("Spread over views", f"{views.std():.3f}")
+        # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
+        # 0.004 look like certainty
+        bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",
+                                hovertemplate="%{y}: P(tumour) %{x:.3f}<extra></extra>"))
+        bars.update_layout(height=250, margin=dict(t=10, b=10, l=10, r=10), xaxis_range=[0, 1],
+                           xaxis_title="P(tumour)", yaxis_autorange="reversed")
+        st.plotly_chart(bars, key=f"{key}_views", config={"displayModeBar": False})
+        method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
+                              help="gradcam is fast; scorecam is slow on CPU.")
+        layers = ui.cam_layers(run, mtime)
+        layer = st.selectbox("Layer", [None, *reversed(layers[-12:])], key=f"{key}_layer",
+                             format_func=lambda name: "default (last conv block)" if name is None else name)
+        target = st.selectbox("Explain", TARGETS, key=f"{key}_target")
+        try:
+            cam = ui.cam_map(run, mtime, rgb, method, layer, target)
+        except (ValueError, RuntimeError) as e:
+            st.error(f"CAM failed: {e}")
+            return float(views.mean())
+        focus = float(centre_focus(cam[None])[0])
+        st.metric("Centre focus", "n/a" if np.isnan(focus) else f"{focus:.0%}",
+                  help="Share of the CAM's mass inside the centre 32x32 (a uniform map gives 11%). The label "
+                       "depends on the centre only, so a low share means the model looks at context.")
+        if np.isnan(focus):
+            st.caption("The map is empty: nothing in this patch pushes the model towards the target.")
+    with image_col:
+        cam_view(rgb, cam, key)
+    return float(views.mean())
