@@ -33,6 +33,10 @@ MIN_VALUE = 0.12  # black: slide-label shadows, pen, scanner borders
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+class MissingScale(ValueError):
+    """The slide's metadata has no microns per pixel and none was given."""
+
+
 @dataclass
 class Slide:
     """An open slide: `read` regions at `model_mpp`; `scale` level-0 pixels per model pixel."""
@@ -144,8 +148,8 @@ def _scale(path: Path, handle: openslide.AbstractSlide, mpp: float | None) -> fl
     try:
         x, y = (float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{path.name} has no scale (microns per pixel) in its metadata; give it with "
-                         "--mpp (0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x)") from None
+        raise MissingScale(f"{path.name} has no scale (microns per pixel) in its metadata; give it with "
+                           "--mpp (0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x)") from None
     if not (x > 0 and y > 0 and math.isfinite(x) and abs(x - y) / x < 0.05):
         raise ValueError(f"{path.name} has an unusable scale in its metadata ({x} x {y} um/px); "
                          "give the right one with --mpp")

@@ -23,10 +23,32 @@ THRESHOLD = 0.5
 COLORMAP = "inferno"
 
 
-def cell_id(slide_name: str, row: int, col: int, stride: int) -> str:
-    """A cell's patch id: the slide, the grid and the cell; a valid file name and dataset id."""
+_WINDOW = re.compile(r"_x(-?\d+)_y(-?\d+)_w(\d+)$")
+
+
+def cell_id(slide_name: str, x: int, y: int, size: int) -> str:
+    """The patch id of the window at level-0 (x, y), `size` px a side: a valid file name and dataset id,
+    the same whatever the map's stride."""
     safe = re.sub(r"[^A-Za-z0-9_.\-]", "_", slide_name).lstrip("._-") or "slide"
-    return f"{safe}_s{stride}_r{row}_c{col}"
+    return f"{safe}_x{x}_y{y}_w{size}"
+
+
+def parse_cell_id(patch_id: str) -> tuple[int, int, int]:
+    """(x, y, size) of a `cell_id`."""
+    found = _WINDOW.search(patch_id)
+    if found is None:
+        raise ValueError(f"{patch_id!r} is not a slide cell's id (NAME_xX_yY_wSIZE)")
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def reviewed_labels(verdicts: pd.DataFrame) -> dict[str, int]:
+    """The label each reviewed cell's current verdict gives: on the Slides page "tumour" and "no tumour"
+    are kept as agree or disagree with the map's call at 0.5, with its P, so tumour = agree == (P >= 0.5).
+    Unsure verdicts give no label."""
+    known = verdicts[verdicts["verdict"].isin(["agree", "disagree"]) & verdicts["prob"].notna()]
+    called = known["prob"] >= THRESHOLD
+    tumour = np.where(known["verdict"] == "agree", called, ~called)
+    return dict(zip(known["patch_id"], tumour.astype(int).tolist(), strict=True))
 
 
 def heat_rgba(prob: np.ndarray, opacity: float = 0.55, colormap: str = COLORMAP) -> np.ndarray:

@@ -79,6 +79,11 @@ class Grid:
         return np.round(np.asarray(col) * size).astype(int), np.round(np.asarray(row) * size).astype(int), \
             round(size)
 
+    def window_box(self, row: int, col: int) -> tuple[int, int, int]:
+        """Level-0 (x, y, size) of cell (row, col)'s 96 x 96 window, rounded to whole pixels."""
+        x, y = self.window_origin(row, col)
+        return round(x * self.scale), round(y * self.scale), round(PATCH * self.scale)
+
     def window_origin(self, row: int, col: int) -> tuple[int, int]:
         """Model pixel (x, y) of the top-left of cell (row, col)'s 96 x 96 window."""
         return col * self.stride - self.pad, row * self.stride - self.pad

@@ -1,0 +1,256 @@
+"""Slides: a whole-slide image as a tumour map; click a place to see its patch, CAM and give a verdict."""
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from app import images, patch_panel, sidebar, slides_ui, ui
+from pcam_core import jobs
+from pcam_core.slide import MissingScale
+from pcam_core.slide_cache import job_state
+from pcam_core.slide_export import THRESHOLD, cell_id
+from pcam_core.slide_map import STRIDES, Grid, map_slide
+
+ANSWERS = {"Tumour": True, "No tumour": False, "Unsure": None}  # the question: tumour in the centre 32x32?
+
+ui.header("Slides", "A whole-slide image scored cell by cell: every 32x32 centre gets P(tumour) from the "
+                    "96x96 around it, as PCam labels patches. Click the map to open the patch there.")
+ctx = sidebar.context()
+
+# ---- which slide -------------------------------------------------------------------------------------
+folders = slides_ui.slide_folders()
+pick = st.columns([2, 3, 2])
+source = pick[0].selectbox("Slides from", [*folders, "A folder I type"], key="slides_source")
+folder = folders.get(source) or pick[0].text_input("Slide folder", key="slides_folder",
+                                                   placeholder="/path/to/slides")
+if not folder:
+    st.info("Type the path of a folder holding .svs, .tif, .ndpi, .mrxs or other slide files.")
+    st.stop()
+try:
+    paths = slides_ui.slides_in(str(folder))
+except FileNotFoundError as e:
+    st.error(f"{e}. Check the path.")
+    st.stop()
+if not paths:
+    st.info(f"{folder} holds no slide files (.svs, .tif, .ndpi, .mrxs, ...).")
+    st.stop()
+path = pick[1].selectbox("Slide", paths, format_func=lambda p: Path(p).name, key="slides_file")
+mpp = pick[2].number_input("Microns per pixel", value=None, min_value=0.05, max_value=20.0, step=0.05,
+                           format="%.3f", key="slides_mpp", placeholder="from the file",
+                           help="Empty: the scale in the slide's metadata. Needed when it has none.")
+try:
+    slide = slides_ui.open_cached(path, mpp)
+except MissingScale:
+    st.error(f"{Path(path).name} has no scale in its metadata: type its microns per pixel in Microns per "
+             "pixel above (0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x).")
+    st.stop()
+except (ValueError, OSError) as e:
+    st.error(str(e))
+    st.stop()
+mtime = Path(path).stat().st_mtime
+w, h = slide.size
+st.caption(f"{w:,} x {h:,} px at {slide.mpp:.3f} um/px ({slide.handle.level_count} levels); the model sees "
+           f"{slide.model_mpp} um/px, so one 96 px patch covers {96 * slide.scale:.0f} px of the slide.")
+
+opts = st.columns([2, 1, 3])
+stride = opts[0].radio("Cell", STRIDES, index=0, horizontal=True, key="slides_stride",
+                       format_func=lambda s: {32: "32 (PCam)", 48: "48", 96: "96 (quick)"}[s],
+                       help="32: every centre 32x32 gets its own prediction, as a PCam label means. 96: one "
+                            "prediction per 96 px tile, 9x fewer cells.")
+tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta")
+if ctx.run is None:
+    st.info("Choose a trained model in the sidebar to score the slide.")
+    st.stop()
+tissue = slides_ui.tissue(path, mtime, mpp, stride)
+n_cells = int((tissue >= slides_ui.MIN_TISSUE).sum())
+settings = slides_ui.settings_for(stride, tta, mpp)
+map_folder = slides_ui.map_folder(path, ctx.run, settings)
+opts[2].markdown(f"**{n_cells:,}** tissue cells of {tissue.size:,} · model **{ctx.run.name}**")
+if n_cells == 0:
+    st.warning("No tissue found on this slide (nothing is stained): there is nothing to score.")
+    st.stop()
+
+
+def score_here() -> None:
+    bar = st.progress(0.0, text="Scoring...")
+    try:
+        map_slide([ctx.run], path, stride=stride, tta=tta, mpp=mpp, device=ui.device_spec(),
+                  progress=lambda done, total: bar.progress(done / max(total, 1),
+                                                            text=f"{done:,} of {total:,} cells"))
+    except (ValueError, OSError) as e:
+        st.error(f"Scoring failed: {e}")
+        st.stop()
+    bar.empty()
+
+
+def start_job() -> None:
+    flags = ["--checkpoint", str(ctx.run), "--slide", path, "--stride", str(stride), "--tta", str(tta),
+             "--out", str(map_folder.parent), *(["--mpp", str(mpp)] if mpp else [])]
+    try:
+        jobs.start_slide_map(map_folder, flags, ui.device_spec())
+    except (ValueError, OSError) as e:
+        st.session_state["slides_job_error"] = str(e)
+
+
+@st.fragment(run_every=2)
+def job_panel() -> None:
+    """The scoring job's progress, Stop and Resume; reruns the page when the map is finished."""
+    state = job_state(map_folder)
+    if state["state"] in ("running", "starting"):
+        share = state["done"] / max(state["total"], 1)
+        text = (f"Scoring in the background: {state['done']:,} of {state['total']:,} cells" if state["total"]
+                else "Starting the scoring job and finding the tissue...")
+        st.progress(share, text=text + " (you can leave this page; the job goes on)")
+        st.button("Stop", key="slides_stop", icon=":material/stop:", on_click=jobs.stop_slide_map,
+                  args=(map_folder,), help="Keeps the cells scored so far; Resume carries on.")
+    elif state["state"] in ("stopped", "failed"):
+        text = f"Scoring {state['state']} at {state['done']:,} of {state['total']:,} cells."
+        (st.error if state["state"] == "failed" else st.info)(
+            text + (f" {state['error']}" if state["error"] else ""))
+        st.button("Resume", key="slides_resume", icon=":material/replay:", on_click=start_job)
+        if state["state"] == "failed" and jobs.log_tail(map_folder):
+            st.code(jobs.log_tail(map_folder), language=None)
+    previous = st.session_state.get("slides_seen_state")
+    st.session_state["slides_seen_state"] = state["state"]
+    if previous in ("running", "starting") and state["state"] not in ("running", "starting"):
+        st.rerun(scope="app")
+
+
+slide_map = slides_ui.read_map(map_folder)
+if slide_map is None or not slide_map.complete:
+    state = job_state(map_folder)["state"]
+    if state == "not started":
+        work = n_cells * tta
+        here = work <= slides_ui.IN_PROCESS_CELLS
+        label = "Score this slide" + ("" if here else " in the background")
+        if st.button(label, key="slides_score", type="primary", icon=":material/play_arrow:",
+                     help=f"{n_cells:,} cells x {tta} views"):
+            if here:
+                score_here()
+            else:
+                start_job()
+            st.rerun()
+    if st.session_state.get("slides_job_error"):
+        st.error(f"Could not start scoring: {st.session_state.pop('slides_job_error')}")
+    job_panel()
+    if slide_map is None or slide_map.scored == 0:
+        st.stop()
+
+
+# ---- the map ------------------------------------------------------------------------------------------
+def pick_cell(row: int, col: int) -> None:
+    st.session_state["slides_cell"] = (int(row), int(col), path, stride)
+
+
+view = st.columns([1, 1, 2])
+opacity = view[0].slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="slides_opacity")
+threshold = view[1].slider("Contour at P", 0.05, 0.95, THRESHOLD, 0.05, key="slides_threshold")
+tumour_cells = int((slide_map.prob >= threshold).sum())
+view[2].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at P >= {threshold:.2f}"
+                 + (f" · {slide_map.meta.get('failed', 0):,} unreadable, skipped"
+                    if slide_map.meta.get("failed") else ""))
+chosen = st.session_state.get("slides_cell")
+selected = chosen[:2] if chosen and chosen[2:] == (path, stride) else None
+uri, down, thumb_size = slides_ui.thumbnail_uri(path, mtime, mpp)
+event = st.plotly_chart(slides_ui.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected),
+                        key="slides_map", on_select="rerun", selection_mode="points",
+                        config={"scrollZoom": True, "displaylogo": False})
+clicked = slides_ui.clicked_cell(event, slide_map)
+if clicked is not None and clicked != st.session_state.get("slides_last_click"):
+    st.session_state["slides_last_click"] = clicked
+    pick_cell(*clicked)
+    selected = clicked
+st.caption("Scroll or drag to zoom, double-click to reset; click a cell to open its patch below.")
+
+with st.expander("Top-scoring cells", expanded=selected is None):
+    prob = np.nan_to_num(slide_map.prob, nan=-1.0)
+    order = np.argsort(-prob, axis=None)[:24]
+    grid_cols = st.columns(8)
+    for i, flat in enumerate(order):
+        row, col = divmod(int(flat), slide_map.prob.shape[1])
+        with grid_cols[i % 8]:
+            st.image(images.with_centre_box(slides_ui.window(path, mtime, mpp, stride, row, col), 1),
+                     width="stretch", caption=f"P {slide_map.prob[row, col]:.3f}")
+            st.button("Open", key=f"slides_top_{i}", on_click=pick_cell, args=(row, col), width="stretch")
+
+# ---- the chosen cell ----------------------------------------------------------------------------------
+slide_key = f"slide:{Path(path).resolve()}"  # the verdicts' dataset: the slide; their patch id: the window
+
+
+def save_verdict(patch: str, answer: str, p: float, note_key: str) -> None:
+    """Tumour / no tumour / unsure, stored as agree or disagree with the map's call at 0.5 with its P,
+    so the answer is recoverable (`slide_export.reviewed_labels`)."""
+    tumour = ANSWERS[answer]
+    verdict = "unsure" if tumour is None else ("agree" if tumour == (p >= THRESHOLD) else "disagree")
+    try:
+        ui.review_store().record(slide_key, patch, verdict, ctx.reviewer,
+                                 note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p)
+    except (ValueError, OSError, sqlite3.Error) as e:
+        st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {ui.review_db()})."
+        return
+    st.session_state[note_key] = ""
+    st.toast(f"Saved: {answer} on {patch}", icon=":material/check:")
+
+
+if selected is not None:
+    row, col = selected
+    grid = Grid.of(slide, stride)
+    x, y, size = grid.window_box(row, col)
+    patch = cell_id(slide.name, x, y, size)
+    p = float(slide_map.prob[row, col])
+    rgb = slides_ui.window(path, mtime, mpp, stride, row, col)
+    st.subheader(f"Cell r{row} c{col}")
+    st.caption(f"Patch id {patch}: the 96x96 window at level-0 ({x:,}, {y:,}), {size} slide px a side.")
+    original, heat, controls = st.columns([4, 4, 3])
+    original.image(images.with_centre_box(rgb, patch_panel.SCALE), width="stretch", output_format="PNG",
+                   caption=f"on the map: P(tumour) {p:.3f}" if np.isfinite(p) else "not scored: glass or "
+                                                                                   "too little tissue")
+    patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls)
+    st.markdown("**Is there tumour in the centre 32x32?**")
+    history = ui.verdict_history(slide_key, patch)
+    if len(history):
+        last = history.iloc[-1]
+        st.caption(f"Current verdict: {last['verdict']} (with the map's P {last['prob']:.3f}) by "
+                   f"{last['reviewer']}, {last['created'][:16]}")
+    if not ctx.reviewer:
+        st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")
+    if st.session_state.get("slides_verdict_error"):
+        st.error(st.session_state.pop("slides_verdict_error"))
+    note_key = f"slides_note_{patch}"
+    st.text_input("Note (optional)", key=note_key)
+    buttons = st.columns(len(ANSWERS) + 3)
+    for button, answer in zip(buttons, ANSWERS, strict=False):
+        button.button(answer, key=f"slides_verdict_{answer.replace(' ', '_').lower()}",
+                      disabled=not ctx.reviewer or not np.isfinite(p), width="stretch",
+                      on_click=save_verdict, args=(patch, answer, p, note_key))
+
+# ---- outputs ------------------------------------------------------------------------------------------
+with st.expander("Downloads and export"):
+    files = st.columns(3)
+    outputs = [("cells.csv", "text/csv"), ("cells.geojson", "application/geo+json"),
+               ("overlay.png", "image/png")]
+    for column, (name, mime) in zip(files, outputs, strict=True):
+        file = slide_map.folder / name
+        if file.is_file():
+            column.download_button(name, file.read_bytes(), file_name=f"{slide.name}-{name}", mime=mime,
+                                   key=f"slides_download_{name}", icon=":material/download:")
+    st.caption("cells.geojson imports into QuPath (File > Import objects): cells at P >= 0.5 as detections "
+               "with P(tumour) as a measurement, tumour regions as annotations, in level-0 pixels.")
+    default = map_folder.parent / f"export-{slide.name}-{datetime.now():%Y%m%d-%H%M}"
+    st.session_state.setdefault("slides_export_dir", str(default))
+    target = st.text_input("Export cells as a patch dataset to", key="slides_export_dir",
+                           help="A new folder in the Kaggle layout: reviewed cells in train/ with labels "
+                                "from the verdicts, the top unreviewed cells in test/.")
+    top = st.number_input("Also the top unreviewed cells", 0, 2000, 48, key="slides_export_top")
+    if st.button("Export", key="slides_export", icon=":material/save:"):
+        verdicts = ui.current_verdicts(slide_key)
+        try:
+            summary = slides_ui.export(slide, slide_map, verdicts, int(top), target)
+        except (ValueError, OSError) as e:
+            st.error(f"Export failed: {e}")
+        else:
+            st.success(f"Wrote {summary['n_train']} reviewed and {summary['n_test']} unreviewed cells to "
+                       f"{summary['folder']}: open it as a dataset in the sidebar, or train on it.")

@@ -1,0 +1,85 @@
+"""The Slides page: choose a slide, score it, open a hot spot, give a verdict, export the reviewed cells."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from pcam_core.data import open_dataset
+from pcam_core.demo_slide import make_demo_slide, make_slide_image
+from pcam_core.review import ReviewStore
+from pcam_core.slide_export import parse_cell_id
+
+pytest_plugins = ["apptest"]
+
+
+@pytest.fixture(scope="module")
+def slide_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("slides")
+    make_demo_slide(folder / "demo.tif", 1536, 1024, seed=3)
+    return folder
+
+
+def open_slides(open_app, folder: Path, reviewer: str = ""):
+    at = open_app("slides", reviewer=reviewer)
+    at.selectbox(key="slides_source").set_value("A folder I type").run()
+    at.text_input(key="slides_folder").input(str(folder)).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_text, slide_folder, tmp_path):
+    at = open_slides(open_app, slide_folder, reviewer="Dr Ann")
+    assert "1,536 x 1,024 px at 0.972 um/px" in page_text(at)
+    at.button(key="slides_score").click().run()  # small: scored in the page
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "cells scored" in text and "at P >= 0.50" in text.replace("≥", ">=")
+    chart = at.get("plotly_chart")[0]
+    assert chart.proto.spec  # the map figure
+    at.button(key="slides_top_0").click().run()  # the hottest cell, as the map's click would choose it
+    assert not at.exception, at.exception
+    assert "Cell r" in page_text(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["P(tumour)"]) > 0.5 and "Centre focus" in metrics  # the model panel, CAM included
+    note_key = next(t.key for t in at.text_input if t.key.startswith("slides_note_"))
+    at.text_input(key=note_key).input("crowded atypical nuclei").run()
+    at.button(key="slides_verdict_tumour").click().run()
+    assert not at.exception
+    assert "Current verdict: agree" in page_text(at)
+    rows = ReviewStore(tmp_path / "reviews.sqlite").latest(f"slide:{(slide_folder / 'demo.tif').resolve()}")
+    assert len(rows) == 1 and rows["reviewer"].iloc[0] == "Dr Ann"
+    assert rows["note"].iloc[0] == "crowded atypical nuclei" and rows["prob"].iloc[0] > 0.5
+    x, y, size = parse_cell_id(rows["patch_id"].iloc[0])
+    assert size == 96 and x % 32 == 0 and y % 32 == 0  # the window's level-0 place on the slide
+
+    target = tmp_path / "export"
+    at.text_input(key="slides_export_dir").input(str(target)).run()
+    at.number_input(key="slides_export_top").set_value(5).run()
+    at.button(key="slides_export").click().run()
+    assert not at.exception
+    labels = pd.read_csv(target / "train_labels.csv")
+    assert labels["label"].tolist() == [1]  # "Tumour" on a cell the map called tumour
+    exported = open_dataset(target)  # the other pages and `train` read it as it is
+    assert len(exported) == 6 and (exported.labels == 1).sum() == 1
+    window = tifffile.imread(target / "train" / f"{labels['id'].iloc[0]}.tif")
+    assert window.shape == (96, 96, 3)
+
+
+def test_a_slide_without_a_scale_asks_for_it(open_app, with_model, page_text, tmp_path):
+    image, _ = make_slide_image(600, 400, seed=1)
+    tifffile.imwrite(tmp_path / "noscale.tif", image, tile=(256, 256), photometric="rgb")
+    at = open_slides(open_app, tmp_path)
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "type its microns per pixel in Microns per pixel" in errors[0]
+    at.number_input(key="slides_mpp").set_value(0.972).run()
+    assert not at.exception and not at.error
+    assert "600 x 400 px at 0.972 um/px" in page_text(at)
+
+
+def test_without_a_model_the_page_says_what_to_do(open_app, page_text, slide_folder):
+    at = open_slides(open_app, slide_folder)
+    assert "Choose a trained model in the sidebar" in page_text(at)
+    assert np.all([b.key != "slides_score" for b in at.button])
