@@ -11,9 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from pcam_core.demo_slide import make_demo_slide
 from pcam_core.review import ReviewStore
+from pcam_core.slide_cache import load_map
+from pcam_core.slide_export import parse_cell_id
+from pcam_core.slide_map import Grid
 
 pytest_plugins = ["apptest"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -22,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"dataset": "", "explore": "eda", "browse": "browse", "inspect": "inspect", "evaluate": "evaluate",
-         "train": "train", "submit": "submit"}
+         "slides": "slides", "train": "train", "submit": "submit"}
 REPO = Path(__file__).resolve().parents[1]
 
 if not CHROMIUM.exists():
@@ -39,9 +44,20 @@ def free_port() -> int:
 @pytest.fixture
 def server(demo_dir, trained_runs, tmp_path):
     """The app served on a free localhost port, on the demo set, with the trained demo model."""
+    yield from serve(demo_dir, trained_runs, tmp_path)
+
+
+@pytest.fixture
+def slides_server(demo_dir, trained_runs, tmp_path):
+    """The same, with a folder holding a synthetic slide as the example slides."""
+    make_demo_slide(tmp_path / "slides" / "demo.tif", 1536, 1024, seed=3)
+    yield from serve(demo_dir, trained_runs, tmp_path, PCAM_SLIDES_DIR=str(tmp_path / "slides"))
+
+
+def serve(demo_dir: Path, runs: Path, tmp_path: Path, **extra: str):
     port = free_port()
-    env = {**os.environ, "PCAM_DATA": str(demo_dir), "PCAM_RUNS_DIR": str(trained_runs),
-           "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite")}
+    env = {**os.environ, "PCAM_DATA": str(demo_dir), "PCAM_RUNS_DIR": str(runs),
+           "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite"), **extra}
     env.pop("PCAM_SAMPLE_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py",
                              "--server.port", str(port), "--server.headless", "true"],
@@ -107,4 +123,51 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
         time.sleep(0.2)
     trail = store.history(str(demo_dir.resolve()))
     assert trail[["verdict", "reviewer"]].values.tolist() == [["agree", "Dr E2E"]]
+    print(f"screenshots in {shots}")
+
+
+def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_server, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 2400})
+        page.goto(f"{slides_server}/slides")
+        settle(page)
+        page.get_by_label("Reviewer", exact=True).fill("Dr Slide")
+        page.get_by_label("Reviewer", exact=True).press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Score this slide").click()
+        page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+        settle(page)
+        page.screenshot(path=shots / "slide-map.png")
+        # the hottest cell of the map the page wrote, clicked where plotly draws it
+        meta = next(Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json"))
+        slide_map = load_map(meta.parent)
+        row, col = np.unravel_index(np.nanargmax(slide_map.prob), slide_map.prob.shape)
+        size = slide_map.meta["stride"] * slide_map.meta["scale"]
+        x, y = page.evaluate("""([x, y]) => {
+            const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout;
+            const r = gd.getBoundingClientRect();
+            return [r.left + L.xaxis._offset + L.xaxis.d2p(x), r.top + L.yaxis._offset + L.yaxis.d2p(y)];
+        }""", [float((col + 0.5) * size), float((row + 0.5) * size)])
+        page.mouse.click(x, y)
+        page.get_by_role("heading", name=f"Cell r{row} c{col}").wait_for(timeout=60_000)
+        settle(page)
+        assert page.get_by_text("CAM over the patch").count() == 1  # the patch's Grad-CAM is drawn
+        page.get_by_role("button", name="Tumour", exact=True).click()
+        settle(page)
+        page.screenshot(path=shots / "slide-verdict.png")
+        assert errors_on(page) == 0
+        browser.close()
+
+    key = f"slide:{(tmp_path / 'slides' / 'demo.tif').resolve()}"
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    deadline = time.monotonic() + 10
+    while store.latest(key).empty and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rows = store.latest(key)
+    assert rows[["verdict", "reviewer"]].values.tolist() == [["agree", "Dr Slide"]]
+    grid = Grid(32, *slide_map.prob.shape, 1.0)
+    assert parse_cell_id(rows["patch_id"].iloc[0]) == grid.window_box(row, col)  # the clicked cell's window
     print(f"screenshots in {shots}")
