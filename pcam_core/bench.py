@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pcam_core.bench_baselines import pil_loader, pil_predict, tile_kaggle
+from pcam_core.bench_slides import bench_slides
 
 SECTIONS: dict[str, Callable] = {}
 
@@ -321,6 +322,9 @@ def cam_quality(data_dir: Path, store, device: str) -> list[dict]:
                  "value": float(np.nanmean(scores["pointing_hit"])), "unit": "hit rate", "vs": uniform},
             ]
     return rows
+
+
+SECTIONS["slides"] = bench_slides
 
 
 def run_bench(data_dir: Path | None, device: str = "auto", only: list[str] | None = None) -> list[dict]:

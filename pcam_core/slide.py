@@ -20,8 +20,6 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from pcam_core.geometry import PATCH
-
 log = logging.getLogger(__name__)
 
 PCAM_MPP = 0.972  # PCam patches: Camelyon16 level 2, 0.243 um/px * 4
@@ -173,21 +171,19 @@ def list_slides(folder: str | Path) -> list[Path]:
 
 
 # Worker side of `slide_map.score_slide`: each reading process keeps its own handle per slide (OpenSlide
-# handles cannot cross processes) and turns one block of cells into their 96 x 96 windows.
+# handles cannot cross processes) and returns one block of cells read at the model's scale.
 _OPEN: dict[tuple, Slide] = {}
 
 
-def read_block(path: str, mpp: float, model_mpp: float, box: tuple[int, int, int, int],
-               offsets: np.ndarray) -> np.ndarray | str:
-    """The windows of one block: (K, 96, 96, 3) uint8 cut at `offsets` (K, 2) (x, y) model pixels
-    from the block `box` (x, y, width, height in model pixels); the error's text when it cannot be read."""
+def read_block(path: str, mpp: float, model_mpp: float, box: tuple[int, int, int, int]) -> np.ndarray | str:
+    """`Slide.read(*box)` of the slide at `path`, with the handle kept open between calls; the error's
+    text when the region cannot be read."""
     try:
         key = (path, os.stat(path).st_mtime_ns, mpp, model_mpp)  # a rewritten file is opened afresh
         if key not in _OPEN:
             _OPEN[key] = open_slide(path, mpp, model_mpp)
-        region = _OPEN[key].read(*box)
+        return _OPEN[key].read(*box)
     except (OSError, ValueError) as e:
         for stale in [k for k in _OPEN if k[0] == path]:  # OpenSlide refuses every call on a failed handle
             _OPEN.pop(stale).close()
         return str(e)
-    return np.stack([region[y:y + PATCH, x:x + PATCH] for x, y in offsets])
