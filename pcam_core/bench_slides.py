@@ -34,9 +34,12 @@ def bench_slides(data_dir: Path, device: str) -> list[dict]:
         store = open_dataset(data_dir)
         indices = np.arange(min(len(store), 4096))
         predict([classifier], store, indices[:256], device=device)  # warm-up
-        start = time.perf_counter()
-        predict([classifier], store, indices, device=device)
-        packed = len(indices) / (time.perf_counter() - start)
+        passes = []
+        for _ in range(3):  # the best of three passes: the rate of an undisturbed machine
+            start = time.perf_counter()
+            predict([classifier], store, indices, device=device)
+            passes.append(len(indices) / (time.perf_counter() - start))
+        packed = max(passes)
         rows.append({"what": "base_cnn: infer.predict on packed patches (the reference rate)",
                      "value": packed,
                      "unit": "patches/s"})
@@ -58,6 +61,9 @@ def bench_slides(data_dir: Path, device: str) -> list[dict]:
                 seconds = time.perf_counter() - start
                 cells = result.scored
                 rows.append({"what": f"slide map, {label}, stride {stride}: {cells:,} tissue cells in "
-                                     f"{seconds:.1f} s end to end (mask + read + predict + outputs)",
+                                     f"{seconds:.1f} s end to end (model load, mask, read, predict, outputs)",
                              "value": cells / seconds, "unit": "cells/s", "vs": packed})
+                scoring = result.meta["seconds"]
+                rows.append({"what": f"the same, scoring alone (read + predict, {scoring:.1f} s)",
+                             "value": cells / scoring, "unit": "cells/s", "vs": packed})
     return rows

@@ -46,7 +46,8 @@ def cmd_slide(args: argparse.Namespace) -> int:
             m = result.meta
             print(f"{path.name}: {m['state']}, {m['done']:,} of {m['total']:,} tissue cells scored"
                   + (f", {m['failed']:,} unreadable" if m.get("failed") else "")
-                  + f" ({m['rows']} x {m['cols']} grid, stride {m['stride']}); map in {result.folder}")
+                  + f" ({m['rows']} x {m['cols']} grid, stride {m['stride']}"
+                  + (f", {m['seconds']:.1f} s" if "seconds" in m else "") + f"); map in {result.folder}")
         if stop.is_set():
             print("stopped; run the same command again to carry on")
             break
@@ -55,8 +56,12 @@ def cmd_slide(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_slide(args: argparse.Namespace) -> int:
-    from pcam_core.demo_slide import make_demo_slide
+    from pcam_core.demo_slide import make_demo_slide, make_tissue_slide
 
+    if args.tissue_only:
+        info = make_tissue_slide(args.out, args.width, args.height, seed=args.seed)
+        print(f"wrote a {info['width']} x {info['height']} px all-tissue slide to {info['path']}")
+        return 0
     info = make_demo_slide(args.out, args.width, args.height, seed=args.seed, mpp=args.mpp)
     print(f"wrote {info['width']} x {info['height']} px demo slide "
           f"({info['tumour_share']:.1%} tumour pixels) to {info['path']}")
@@ -87,4 +92,6 @@ def add_parsers(sub) -> None:
     s.add_argument("--height", type=int, default=2048)
     s.add_argument("--mpp", type=float, default=0.972, help="scale written into the file")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--tissue-only", action="store_true",
+                   help="tissue everywhere, one drawn region repeated: for throughput tests of big slides")
     s.set_defaults(func=cmd_demo_slide)

@@ -108,3 +108,15 @@ def make_demo_slide(path: str | Path, width: int = 3072, height: int = 2048, see
 def mask_path(slide_path: str | Path) -> Path:
     slide_path = Path(slide_path)
     return slide_path.with_name(f"{slide_path.stem}_mask.npz")
+
+
+def make_tissue_slide(path: str | Path, width: int, height: int, seed: int = 0) -> dict:
+    """A large slide that is tissue everywhere, for throughput tests: the middle of one 4096 x 4096 demo
+    slide repeated to `width` x `height` (drawing every nucleus of a gigapixel slide would take minutes)."""
+    image, _ = make_slide_image(4096, 4096, seed)
+    core = image[1536:2560, 1536:2560]  # inside the section's outline
+    reps = (-(-height // core.shape[0]), -(-width // core.shape[1]), 1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_slide(path, np.tile(core, reps)[:height, :width])
+    return {"path": str(path), "width": width, "height": height, "tumour_share": float("nan")}

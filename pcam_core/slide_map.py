@@ -351,7 +351,7 @@ def _score_into(folder: Path, meta: dict, classifiers: list, slide: Slide, grid:
                              save=save if ctx.main and ctx.world == 1 else None, **opts)
     except BaseException as e:
         if ctx.main:
-            stopped = isinstance(e, KeyboardInterrupt)
+            stopped = not isinstance(e, Exception)  # Ctrl-C, or the app's script stopped by its user
             write_meta(folder, {**read_json(folder / "meta.json"), "error": "" if stopped else str(e) or
                                 type(e).__name__, "state": "stopped" if stopped else "failed"})
         raise

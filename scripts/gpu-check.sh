@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared pass over the GPU targets in BENCHMARKS.md, for a machine with a CUDA GPU:
-# a full-size Kaggle training epoch, the 57,458-patch test set with TTA 8, `bench` (train, infer, cam).
+# a full-size Kaggle training epoch, the 57,458-patch test set with TTA 8, `bench` (train, infer, cam),
+# a 100,000-cell slide map.
 #
 #   scripts/gpu-check.sh OUT_DIR [SCALE]
 #
@@ -50,4 +51,13 @@ step bench-cam 180 $py -m pcam_core bench --data "$tmp/demo" --device "$device" 
 step cam-cli 60 $py -m pcam_core cam --checkpoint "$tmp/runs/lite0" --data "$tmp/demo" --device "$device" \
     --ids $(head -n 9 "$tmp/demo/train_labels.csv" | tail -n 8 | cut -d, -f1) --out "$tmp/cams"
 ls "$tmp/cams" >>"$log" 2>&1
+# slides: 100,000 tissue cells at stride 96 (30,720 x 30,720 px at PCam's scale), end to end, with as many
+# reading processes as it takes to keep the GPU busy
+side=$(( 30720 / scale ))
+step slide-make 240 $py -m pcam_core demo-slide --tissue-only --width "$side" --height "$side" --out "$tmp/big.tif"
+for w in 4 8 12; do
+    step "slide-100k-s96-w$w" 120 $py -m pcam_core slide --checkpoint "$tmp/runs/lite0" --slide "$tmp/big.tif" \
+        --stride 96 --workers "$w" --device "$device" --out "$tmp/maps-w$w"
+done
+step bench-slides 300 $py -m pcam_core bench --data "$tmp/demo" --device "$device" --only slides
 cat "$out/summary.txt"

@@ -55,6 +55,12 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     x, y, size = parse_cell_id(rows["patch_id"].iloc[0])
     assert size == 96 and x % 32 == 0 and y % 32 == 0  # the window's level-0 place on the slide
 
+    first = next(h.value for h in at.subheader if h.value.startswith("Cell r"))
+    at.button(key="slides_next").click().run()  # on to the next hot spot not yet reviewed
+    assert not at.exception
+    second = next(h.value for h in at.subheader if h.value.startswith("Cell r"))
+    assert second != first and "Current verdict" not in page_text(at)
+
     target = tmp_path / "export"
     at.text_input(key="slides_export_dir").input(str(target)).run()
     at.number_input(key="slides_export_top").set_value(5).run()

@@ -195,6 +195,19 @@ def save_verdict(patch: str, answer: str, p: float, note_key: str) -> None:
     st.toast(f"Saved: {answer} on {patch}", icon=":material/check:")
 
 
+def next_hot_spot(grid: Grid, current: tuple[int, int]) -> None:
+    """Opens the highest-scoring cell nobody has given a verdict on yet."""
+    reviewed = set(ui.current_verdicts(slide_key)["patch_id"])
+    for flat in np.argsort(-np.nan_to_num(slide_map.prob, nan=-1.0), axis=None):
+        row, col = divmod(int(flat), grid.cols)
+        if not np.isfinite(slide_map.prob[row, col]):
+            break
+        if (row, col) != current and cell_id(slide.name, *grid.window_box(row, col)) not in reviewed:
+            pick_cell(row, col)
+            return
+    st.session_state["slides_no_more"] = True
+
+
 if selected is not None:
     row, col = selected
     grid = Grid.of(slide, stride)
@@ -226,6 +239,11 @@ if selected is not None:
         button.button(answer, key=f"slides_verdict_{answer.replace(' ', '_').lower()}",
                       disabled=not ctx.reviewer or not np.isfinite(p), width="stretch",
                       on_click=save_verdict, args=(patch, answer, p, note_key))
+    buttons[-1].button("Next hot spot", key="slides_next", icon=":material/arrow_forward:", width="stretch",
+                       on_click=next_hot_spot, args=(grid, (row, col)),
+                       help="The highest-scoring cell without a verdict yet.")
+    if st.session_state.pop("slides_no_more", False):
+        st.info("Every scored cell has a verdict.")
 
 # ---- outputs ------------------------------------------------------------------------------------------
 with st.expander("Downloads and export"):
