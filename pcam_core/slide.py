@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class Slide:
     handle: openslide.AbstractSlide
     mpp: float
     model_mpp: float
+    thumbnails: dict = field(default_factory=dict, repr=False)  # by size: the mask and the overlay share one
 
     @property
     def name(self) -> str:
@@ -90,13 +91,16 @@ class Slide:
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
         """(H, W, 3) uint8 thumbnail no larger than `max_side`, and its level-0 pixels per pixel."""
+        if max_side in self.thumbnails:
+            return self.thumbnails[max_side]
         w, h = self.size
         try:
             image = self.handle.get_thumbnail((max_side, max_side)).convert("RGB")
         except openslide.OpenSlideError as e:
             raise OSError(f"{self.path.name}: cannot read its thumbnail ({e}); the file may be damaged "
                           "or truncated") from e
-        return np.asarray(image), max(w / image.width, h / image.height)
+        self.thumbnails[max_side] = np.asarray(image), max(w / image.width, h / image.height)
+        return self.thumbnails[max_side]
 
     def close(self) -> None:
         self.handle.close()

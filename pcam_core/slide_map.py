@@ -98,7 +98,7 @@ class Grid:
 def tissue_fraction(slide: Slide, grid: Grid) -> np.ndarray:
     """(rows, cols) float32: the share of each cell that is tissue, measured on a thumbnail."""
     cell_px = grid.stride * grid.scale  # level-0 pixels per cell
-    side = min(8192, max(1024, math.ceil(max(slide.size) * 4 / cell_px)))  # about 4 mask pixels per cell
+    side = min(8192, max(2048, math.ceil(max(slide.size) * 4 / cell_px)))  # 4+ mask pixels per cell
     thumb, down = slide.thumbnail(side)
     mask = tissue_mask(thumb).astype(np.float64)
     total = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1))

@@ -22,7 +22,7 @@ from pcam_core.demo_slide import make_demo_slide, make_slide_image, mask_path, w
 from pcam_core.infer import predict_images
 from pcam_core.models import load
 from pcam_core.slide import PCAM_MPP, open_slide
-from pcam_core.slide_cache import job_state
+from pcam_core.slide_cache import job_state, load_map
 from pcam_core.slide_map import Grid, cell_patch, map_slide, tissue_fraction
 
 pytest_plugins = ["apptest"]  # trained_runs: a base_cnn trained on the demo set
@@ -247,3 +247,34 @@ def test_truncated_blank_and_coarse_slides_are_refused(tmp_path, demo_slide, tra
         map_slide([trained_runs / "tiny"], blank, stride=96, out=tmp_path / "maps", device="cpu")
     with pytest.raises(ValueError, match="coarser"):
         open_slide(demo_slide, mpp=2.5)
+
+
+@pytest.mark.slow
+def test_torchrun_shards_a_slide_and_rank_0_writes_the_same_map(demo_slide, trained_runs, tmp_path):
+    run = trained_runs / "tiny"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "pcam_core", "slide", "--checkpoint", str(run), "--slide", str(demo_slide), "--stride", "96",
+               "--precision", "fp32", "--device", "cpu", "--out", str(tmp_path / "two")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("finished") == 1  # rank 0 alone reports and writes
+    two = load_map(next((tmp_path / "two").iterdir()))
+    one = map_slide([run], demo_slide, stride=96, out=tmp_path / "one", device="cpu", precision="fp32")
+    assert two.complete and two.scored == one.scored
+    np.testing.assert_allclose(two.prob, one.prob, atol=1e-5)  # NaN where not tissue, on both
+
+
+def test_a_plain_image_is_a_slide_with_the_scale_given(tmp_path, trained_runs):
+    image, _ = make_slide_image(700, 500, seed=2)
+    from PIL import Image
+
+    Image.fromarray(image).save(tmp_path / "region.png")
+    with pytest.raises(ValueError, match="--mpp"):
+        open_slide(tmp_path / "region.png")
+    slide = open_slide(tmp_path / "region.png", mpp=PCAM_MPP)
+    grid = Grid.of(slide, 96)
+    np.testing.assert_array_equal(cell_patch(slide, grid, 1, 2), image[96:192, 192:288])
+    slide_map = map_slide([trained_runs / "tiny"], tmp_path / "region.png", stride=96, mpp=PCAM_MPP,
+                          out=tmp_path / "maps", device="cpu")
+    assert slide_map.complete and slide_map.prob.shape == (6, 8)

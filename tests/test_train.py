@@ -38,16 +38,18 @@ def run_all(cfg: TrainConfig, stop: threading.Event | None = None, stop_after: i
     return events
 
 
-def test_one_epoch_on_demo_lifts_auc_well_above_chance(demo_dir, tmp_path):
-    cfg = TrainConfig(data=str(demo_dir), out=str(tmp_path / "run"), epochs=1, **{**SMALL, "crop": 96})
+def test_two_short_epochs_on_demo_lift_auc_well_above_chance(demo_dir, tmp_path):
+    # 30 steps of 24 patches: the demo's margin patches (a few tumour nuclei reaching into the centre)
+    # are not learnt in the 15 steps of one such epoch, whose schedule decays almost at once
+    cfg = TrainConfig(data=str(demo_dir), out=str(tmp_path / "run"), epochs=2, **{**SMALL, "crop": 96})
     events = run_all(cfg)
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "finished" and "epoch" in kinds
-    auc = next(e for e in events if e["type"] == "epoch")["metrics"]["val_auc"]
+    assert kinds[0] == "start" and kinds[-1] == "finished" and kinds.count("epoch") == 2
+    auc = max(e["metrics"]["val_auc"] for e in events if e["type"] == "epoch")
     assert auc > 0.8
     run = tmp_path / "run"
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and status["epoch"] == 1 and status["best_auc"] == pytest.approx(auc)
+    assert status["state"] == "finished" and status["epoch"] == 2 and status["best_auc"] == pytest.approx(auc)
     columns = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
     assert list(pd.read_csv(run / "metrics.csv").columns) == columns
     assert TrainConfig.load(run / "config.json") == cfg
