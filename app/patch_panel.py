@@ -8,6 +8,7 @@ import streamlit as st
 
 from app import images, ui
 from pcam_core.cam import METHODS, TARGETS, centre_focus, overlay
+from pcam_core.infer import view_indices
 
 SCALE = 4  # 96 px -> 384 px on screen
 VIEW_NAMES = ["original", "rot 90", "rot 180", "rot 270", "flip", "flip + rot 90", "flip + rot 180",
@@ -27,18 +28,24 @@ def cam_view(rgb: np.ndarray, cam: np.ndarray, key: str) -> None:
     row[1].selectbox("Colours", ["jet", "inferno", "viridis"], key=f"{key}_cmap")
 
 
-def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_col) -> float | None:
+def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_col, tta: int = 8
+                ) -> float | None:
     """Prediction per TTA view and CAM controls in `control_col`, the overlay in `image_col`;
-    returns P(tumour), None without a model."""
+    returns P(tumour) averaged over the `tta` views that `predict` averages (so Browse and Inspect show
+    the same number), None without a model."""
     if run is None:
         control_col.info("Choose a trained model in the sidebar to see its prediction and CAM.")
         return None
     run, mtime = ui.model_key(run)
     views = ui.tta_views(run, mtime, rgb)
+    used = views[list(view_indices(tta))]
     with control_col:
         cols = st.columns(2)
-        cols[0].metric("P(tumour)", f"{views.mean():.3f}", help="Mean over the 8 flips and rotations.")
-        cols[1].metric("Spread over views", f"{views.std():.3f}")
+        cols[0].metric(f"P(tumour) · {tta} view{'s' * (tta > 1)}", f"{used.mean():.3f}",
+                       help="The mean over the flips and rotations set by TTA views in the sidebar; all 8 "
+                            "views are drawn below.")
+        cols[1].metric("Spread over views", f"{used.std():.3f}",
+                       help="How much the views disagree (standard deviation of their probabilities).")
         # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
         # 0.004 look like certainty
         bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",
@@ -56,7 +63,7 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
             cam = ui.cam_map(run, mtime, rgb, method, layer, target)
         except (ValueError, RuntimeError) as e:
             st.error(f"CAM failed: {e}")
-            return float(views.mean())
+            return float(used.mean())
         focus = float(centre_focus(cam[None])[0])
         st.metric("Centre focus", "n/a" if np.isnan(focus) else f"{focus:.0%}",
                   help="Share of the CAM's mass inside the centre 32x32 (a uniform map gives 11%). The label "
@@ -65,4 +72,17 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
             st.caption("The map is empty: nothing in this patch pushes the model towards the target.")
     with image_col:
         cam_view(rgb, cam, key)
-    return float(views.mean())
+    return float(used.mean())
+
+
+def agreement(verdict: str, label: int, prob: float | None) -> str:
+    """" · agrees with the label, not with the model": a verdict's relation to both, derived."""
+    if verdict not in ("tumour", "normal"):
+        return ""
+    says = verdict == "tumour"
+    parts = []
+    if label in (0, 1):
+        parts.append(("agrees with" if says == (label == 1) else "differs from") + " the label")
+    if prob is not None and np.isfinite(prob):
+        parts.append(("agrees with" if says == (prob >= 0.5) else "differs from") + " the model")
+    return (" · " + ", ".join(parts)) if parts else ""

@@ -18,6 +18,7 @@ import streamlit as st
 from app import ui
 from pcam_core import runs
 from pcam_core.data import PatchStore, is_packed
+from pcam_core.infer import TTA_VIEWS
 
 DEMO_LABEL, SAMPLE_LABEL, FOLDER_LABEL = "Built-in demo", "Kaggle sample", "Folder path"
 NO_MODEL = "(no model)"
@@ -33,6 +34,7 @@ class Context:
     run: Path | None  # the chosen model's run folder, or None
     device: str
     run_data: str = ""  # the dataset folder the chosen model trained on ("" when unrecorded)
+    tta: int = 1  # the views every probability on every page averages (Browse, Inspect, Evaluate, Submit)
 
 
 def pack_with_progress(folder: Path, force: bool = False) -> str:
@@ -182,10 +184,15 @@ def sidebar() -> Context:
     reviewer = st.sidebar.text_input("Reviewer", key="reviewer", persist_state="session",
                                      placeholder="your name", help="Recorded with every verdict you give.")
     run, run_data = model_picker(key)
+    tta = st.sidebar.selectbox("TTA views", TTA_VIEWS, key="tta", persist_state="session",
+                               disabled=run is None,
+                               help="Each probability on every page is the mean over this many flips and "
+                                    "rotations of the patch (test-time augmentation): 1 is fastest, 8 the "
+                                    "steadiest. Browse, Inspect, Evaluate and Submit all use it.")
     device = ui.device_label()
     st.sidebar.caption(f"Device: {device}")
     ctx = Context(store=store, dataset_key=key, reviewer=reviewer.strip(), run=run, device=device,
-                  run_data=run_data)
+                  run_data=run_data, tta=int(tta))
     st.session_state["context"] = ctx
     return ctx
 

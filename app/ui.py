@@ -247,7 +247,7 @@ def stats_sample(_store: PatchStore, fingerprint: str, split: str | None, n: int
 
 # ---- browse and inspect --------------------------------------------------------------------------
 
-VERDICT_MARKS = {"agree": "✓ agree", "disagree": "✗ disagree", "unsure": "? unsure"}
+VERDICT_MARKS = {"tumour": "reviewed: tumour", "normal": "reviewed: normal", "unsure": "reviewed: unsure"}
 
 
 def tile_captions(tiles: pd.DataFrame) -> list[str]:

@@ -67,7 +67,7 @@ def _check_batch_size(batch_size: int | None) -> None:
         raise ValueError(f"batch size must be a positive number of patches, got {batch_size}")
 
 
-def _view_indices(tta: int) -> tuple[int, ...]:
+def view_indices(tta: int) -> tuple[int, ...]:
     """The dihedral transforms (`transforms.dihedral` numbering) averaged for `tta` views.
 
     2: identity and a flip; 4: adds the half turn and the other flip (the Klein four-group); 8: all.
@@ -117,7 +117,7 @@ def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, in
     (B, 96, 96, 3) uint8, called in order on a reader thread, one batch ahead of the model."""
     if isinstance(classifiers, Classifier) or not classifiers:
         raise ValueError("predict takes a non-empty list of Classifiers (models.load(path) makes one)")
-    views = _view_indices(tta)
+    views = view_indices(tta)
     dev = resolve_device(device)
     _check_batch_size(batch_size)
     dtype = autocast_dtype(precision, dev)
@@ -182,7 +182,7 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
     """
     if isinstance(checkpoints, (str, Path)) or not checkpoints:
         raise ValueError("predictions_table takes a non-empty list of checkpoint paths")
-    _view_indices(tta)
+    view_indices(tta)
     _check_batch_size(batch_size)  # before the cache: a bad option fails even when nothing is predicted
     indices = holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
     dtype = autocast_dtype(precision, resolve_device(device))

@@ -1,5 +1,7 @@
 """Review: verdicts in SQLite, and the table a reviewer filters (outcomes, doubt, the review queue).
 
+A verdict answers one question about the tissue: is there tumour in the centre 32 x 32? "tumour",
+"normal" or "unsure". Whether it agrees with the given label or with the model is derived, never asked.
 Every verdict a reviewer gives is a new row; nothing is updated or deleted, so the history of a
 patch is its rows in order and its current verdict is the latest one. The database runs in WAL
 mode and each call opens its own short-lived connection, so several Streamlit sessions (threads
@@ -21,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-VERDICTS = ("agree", "disagree", "unsure")
+VERDICTS = ("tumour", "normal", "unsure")  # the answer to "tumour in the centre 32 x 32?"
+ANSWERS = {"tumour": "Yes", "normal": "No", "unsure": "Unsure"}  # how the pages ask it
 COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "checkpoint", "prob", "created"]
 
 _SCHEMA = """
@@ -29,7 +32,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     dataset    TEXT NOT NULL,
     patch_id   TEXT NOT NULL,
-    verdict    TEXT NOT NULL CHECK (verdict IN ('agree', 'disagree', 'unsure')),
+    verdict    TEXT NOT NULL CHECK (verdict IN ('tumour', 'normal', 'unsure')),
     note       TEXT NOT NULL DEFAULT '',
     reviewer   TEXT NOT NULL,
     checkpoint TEXT NOT NULL DEFAULT '',
@@ -37,6 +40,26 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS verdicts_patch ON verdicts (dataset, patch_id, seq);
+"""
+
+# Stores written before verdicts meant one thing held "agree" / "disagree" with "the label and the model
+# that the centre holds tumour". The model's P at that moment is kept with each row, and the model's call
+# was what the reviewer weighed, so the rule is: agree -> the model's call at P 0.5 (tumour when P >= 0.5),
+# disagree -> the other one; without a P the answer cannot be known -> unsure. The note keeps the old
+# verdict and P ("[was agree at P 0.912]"), and seq and created are unchanged.
+_MIGRATE = """
+ALTER TABLE verdicts RENAME TO verdicts_v1;
+DROP INDEX IF EXISTS verdicts_patch;
+""" + _SCHEMA + """
+INSERT INTO verdicts (seq, dataset, patch_id, verdict, note, reviewer, checkpoint, prob, created)
+SELECT seq, dataset, patch_id,
+       CASE WHEN verdict = 'unsure' OR prob IS NULL THEN 'unsure'
+            WHEN (verdict = 'agree') = (prob >= 0.5) THEN 'tumour' ELSE 'normal' END,
+       TRIM(note || ' [was ' || verdict
+            || CASE WHEN prob IS NULL THEN '' ELSE ' at P ' || printf('%.3f', prob) END || ']'),
+       reviewer, checkpoint, prob, created
+FROM verdicts_v1;
+DROP TABLE verdicts_v1;
 """
 
 # The latest row per patch: the current verdict. seq is monotonic, so max(seq) is the newest.
@@ -63,6 +86,7 @@ class ReviewStore:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(_SCHEMA)
+            _migrate(con)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -116,6 +140,27 @@ class ReviewStore:
                            (dataset, str(patch_id)))
 
 
+def _migrate(con: sqlite3.Connection) -> None:
+    """Rewrites a store of agree/disagree verdicts to tumour/normal/unsure (`_MIGRATE`), once, atomically:
+    the check runs again inside the write lock, so two processes opening an old store migrate it once."""
+    def old() -> bool:
+        row = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'verdicts'")
+        sql = row.fetchone()
+        return sql is not None and "'agree'" in sql[0]
+
+    if not old():
+        return
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        if old():
+            for statement in filter(str.strip, _MIGRATE.split(";")):
+                con.execute(statement)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 def priority(prob: np.ndarray, spread: np.ndarray) -> np.ndarray:
     """How much a patch needs a reviewer, in [0, 2]: the model's doubt (1 at p = 0.5, 0 at p = 0 or 1)
     plus twice the spread of its test-time-augmentation views (views that disagree)."""
@@ -124,7 +169,7 @@ def priority(prob: np.ndarray, spread: np.ndarray) -> np.ndarray:
 
 
 OUTCOMES = ("any", "correct", "false positive", "false negative")
-VERDICT_FILTERS = ("any", "not reviewed", *VERDICTS)
+VERDICT_FILTERS = ("any", "not reviewed", *VERDICTS, "differs from the label", "differs from the model")
 THRESHOLD = 0.5  # P(tumour) at or above it is a tumour prediction
 
 
@@ -150,6 +195,24 @@ def review_table(store, split: str, verdicts: pd.DataFrame, preds: pd.DataFrame 
         p_true = np.where(table["label"] == 1, table["prob"], 1.0 - table["prob"])
         table["loss"] = np.where(table["label"] >= 0, -np.log(np.clip(p_true, 1e-7, 1.0)), np.nan)
     return table
+
+
+def _verdict_mask(table: pd.DataFrame, verdict: str) -> np.ndarray:
+    """The rows whose current verdict matches a VERDICT_FILTERS choice."""
+    answered = table["verdict"].isin(["tumour", "normal"]).to_numpy()
+    says_tumour = (table["verdict"] == "tumour").to_numpy()
+    if verdict == "any":
+        return np.ones(len(table), bool)
+    if verdict == "not reviewed":
+        return table["verdict"].isna().to_numpy()
+    if verdict == "differs from the label":
+        given = table["label"].to_numpy()
+        return answered & (given >= 0) & (says_tumour != (given == 1))
+    if verdict == "differs from the model":
+        if "prob" not in table:
+            raise ValueError("filters on predictions need a model: the table has no prob column")
+        return answered & (says_tumour != (table["prob"].to_numpy() >= THRESHOLD))
+    return (table["verdict"] == verdict).to_numpy()
 
 
 def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predicted: str = "any",
@@ -184,10 +247,7 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
     given = table["label"].to_numpy()
     if label != "any":
         mask &= given == (1 if label == "tumour" else 0)
-    if verdict == "not reviewed":
-        mask &= table["verdict"].isna().to_numpy()
-    elif verdict != "any":
-        mask &= (table["verdict"] == verdict).to_numpy()
+    mask &= _verdict_mask(table, verdict)
     if has_preds:
         p = table["prob"].to_numpy()
         called = p >= THRESHOLD

@@ -42,13 +42,9 @@ def parse_cell_id(patch_id: str) -> tuple[int, int, int]:
 
 
 def reviewed_labels(verdicts: pd.DataFrame) -> dict[str, int]:
-    """The label each reviewed cell's current verdict gives: on the Slides page "tumour" and "no tumour"
-    are kept as agree or disagree with the map's call at 0.5, with its P, so tumour = agree == (P >= 0.5).
-    Unsure verdicts give no label."""
-    known = verdicts[verdicts["verdict"].isin(["agree", "disagree"]) & verdicts["prob"].notna()]
-    called = known["prob"] >= THRESHOLD
-    tumour = np.where(known["verdict"] == "agree", called, ~called)
-    return dict(zip(known["patch_id"], tumour.astype(int).tolist(), strict=True))
+    """The label each reviewed cell's current verdict gives: tumour 1, normal 0; unsure gives none."""
+    known = verdicts[verdicts["verdict"].isin(["tumour", "normal"])]
+    return dict(zip(known["patch_id"], (known["verdict"] == "tumour").astype(int).tolist(), strict=True))
 
 
 def heat_rgba(prob: np.ndarray, opacity: float = 0.55, colormap: str = COLORMAP) -> np.ndarray:

@@ -27,7 +27,9 @@ def png(width: int, height: int) -> bytes:
 
 
 def test_the_page_shows_the_model_own_probability_and_cam(open_app, with_model, page_text, demo_dir):
-    at = open_app("inspect")
+    at = open_app()
+    at.selectbox(key="tta").set_value(8).run()  # the sidebar's views, for every page
+    at.switch_page("views/inspect.py").run()
     assert not at.exception
     assert "Patch 1 of 660" in page_text(at)
     image = open_dataset(demo_dir).batch([0])
@@ -35,7 +37,7 @@ def test_the_page_shows_the_model_own_probability_and_cam(open_app, with_model, 
     expected = infer.predict_images(model, image, tta=8, device="cpu")
     focus = cam.centre_focus(cam.compute_cams(model, image))[0]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["P(tumour)"] == f"{expected['prob'][0]:.3f}"  # the mean of the 8 views
+    assert metrics["P(tumour) · 8 views"] == f"{expected['prob'][0]:.3f}"  # the mean of the 8 views
     assert metrics["Spread over views"] == f"{expected['spread'][0]:.3f}"
     assert metrics["Centre focus"] == f"{focus:.0%}"
     assert len(at.image) >= 2  # the patch and its CAM overlay
@@ -55,23 +57,23 @@ def test_verdicts_are_saved_at_once_with_the_model_and_its_probability(open_app,
     assert not at.exception
 
     at.text_input(key="inspect_note_0").input("mitoses at the edge").run()
-    at.button(key="inspect_verdict_disagree").click().run()
+    at.button(key="inspect_verdict_normal").click().run()
     assert not at.exception
-    assert "Current verdict: **disagree** by Dr Ann" in page_text(at)
+    assert "Current verdict: **normal** by Dr Ann" in page_text(at)
     assert at.text_input(key="inspect_note_0").value == ""  # the note went with that verdict only
     assert {b.proto.type for b in at.button if b.key.startswith("inspect_verdict_")} == {"secondary"}
 
     trail = ReviewStore(tmp_path / "reviews.sqlite").history(str(demo_dir.resolve()))
     assert len(trail) == 1
     row = trail.iloc[0]
-    assert (row["verdict"], row["reviewer"], row["note"]) == ("disagree", "Dr Ann", "mitoses at the edge")
+    assert (row["verdict"], row["reviewer"], row["note"]) == ("normal", "Dr Ann", "mitoses at the edge")
     assert row["checkpoint"] == str(with_model) and 0 <= row["prob"] <= 1
 
     # the audit trail a reviewer downloads from Browse reads back as the same verdict
     at.switch_page("views/browse.py").run()
     exported = pd.read_csv(io.BytesIO(downloads(at.download_button(key="browse_export"))), dtype=str)
     assert exported[["patch_id", "verdict", "reviewer", "note"]].values.tolist() == [
-        [row["patch_id"], "disagree", "Dr Ann", "mitoses at the edge"]]
+        [row["patch_id"], "normal", "Dr Ann", "mitoses at the edge"]]
 
 
 def test_previous_next_and_go_to_id(open_app, page_text, demo_dir):
@@ -79,7 +81,7 @@ def test_previous_next_and_go_to_id(open_app, page_text, demo_dir):
     assert at.button(key="inspect_prev").disabled
     at.button(key="inspect_next").click().run()
     assert "Patch 2 of 660" in page_text(at)
-    assert at.button(key="inspect_verdict_agree").disabled  # no reviewer name yet
+    assert at.button(key="inspect_verdict_tumour").disabled  # no reviewer name yet
     assert "Enter your name" in page_text(at)
 
     at.text_input(key="inspect_goto").input("no-such-patch").run()
@@ -130,8 +132,23 @@ def test_a_verdict_the_store_cannot_write_is_reported_and_the_note_kept(open_app
                 f.write(b"\0" * 4096)
         at = open_app("inspect", reviewer="Dr Ann")
         at.text_input(key="inspect_note_0").input("keep me").run()
-        at.button(key="inspect_verdict_disagree").click().run()
+        at.button(key="inspect_verdict_normal").click().run()
         assert not at.exception
         assert "The verdict was not saved" in at.error[0].value and str(db) in at.error[0].value
         assert at.text_input(key="inspect_note_0").value == "keep me"
-        assert not at.button(key="inspect_verdict_disagree").disabled  # the reviewer can try again
+        assert not at.button(key="inspect_verdict_normal").disabled  # the reviewer can try again
+
+
+def test_browse_and_inspect_show_the_same_probability_for_a_patch(open_app, with_model, demo_dir):
+    for tta in (1, 4):
+        at = open_app()
+        at.selectbox(key="tta").set_value(tta).run()
+        at.switch_page("views/browse.py").run()
+        assert not at.exception
+        caption = at.image[0].proto.imgs[0].caption  # the first tile: "T · p 0.931"
+        browse_p = float(caption.split(" · ")[1][2:])
+        at.button(key="browse_inspect_0").click().run()
+        assert not at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        label = f"P(tumour) · {tta} view{'s' * (tta > 1)}"
+        assert float(metrics[label]) == pytest.approx(browse_p, abs=1.5e-3), (tta, caption, metrics)

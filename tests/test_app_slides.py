@@ -43,12 +43,12 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     assert not at.exception, at.exception
     assert "Cell r" in page_text(at)
     metrics = {m.label: m.value for m in at.metric}
-    assert float(metrics["P(tumour)"]) > 0.5 and "Centre focus" in metrics  # the model panel, CAM included
+    assert float(metrics["P(tumour) · 1 view"]) > 0.5 and "Centre focus" in metrics  # the panel, CAM too
     note_key = next(t.key for t in at.text_input if t.key.startswith("slides_note_"))
     at.text_input(key=note_key).input("crowded atypical nuclei").run()
     at.button(key="slides_verdict_tumour").click().run()
     assert not at.exception
-    assert "Current verdict: agree" in page_text(at)
+    assert "Current verdict: tumour by Dr Ann" in page_text(at) and "agrees with the model" in page_text(at)
     rows = ReviewStore(tmp_path / "reviews.sqlite").latest(f"slide:{(slide_folder / 'demo.tif').resolve()}")
     assert len(rows) == 1 and rows["reviewer"].iloc[0] == "Dr Ann"
     assert rows["note"].iloc[0] == "crowded atypical nuclei" and rows["prob"].iloc[0] > 0.5
@@ -67,7 +67,7 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     at.button(key="slides_export").click().run()
     assert not at.exception
     labels = pd.read_csv(target / "train_labels.csv")
-    assert labels["label"].tolist() == [1]  # "Tumour" on a cell the map called tumour
+    assert labels["label"].tolist() == [1]  # "Yes": tumour in the centre
     exported = open_dataset(target)  # the other pages and `train` read it as it is
     assert len(exported) == 6 and (exported.labels == 1).sum() == 1
     window = tifffile.imread(target / "train" / f"{labels['id'].iloc[0]}.tif")

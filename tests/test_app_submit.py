@@ -17,9 +17,10 @@ def test_submit_without_a_model_says_what_to_do(open_app, page_text):
 
 
 def test_submit_predicts_validates_and_offers_the_csv(open_app, with_model, page_text, demo_dir, downloads):
-    at = open_app("submit")
+    at = open_app()
+    at.selectbox(key="tta").set_value(2).run()  # the sidebar's views, used by Submit too
+    at.switch_page("views/submit.py").run()
     assert at.multiselect(key="submit_models").value == ["tiny"]
-    at.selectbox(key="submit_tta").set_value(2).run()
     at.button(key="submit_predict").click().run()
     assert not at.exception
     assert "Valid: 60 rows" in page_text(at)

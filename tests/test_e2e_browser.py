@@ -111,7 +111,7 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
         page.get_by_role("button", name="Inspect").first.click()
         page.get_by_role("heading", name="Inspect").wait_for()
         settle(page)
-        page.get_by_role("button", name="Agree", exact=True).click()
+        page.get_by_role("button", name="Yes", exact=True).click()
         settle(page)
         page.screenshot(path=shots / "verdict.png")
         assert errors_on(page) == 0
@@ -122,7 +122,7 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
     while store.history(str(demo_dir.resolve())).empty and time.monotonic() < deadline:
         time.sleep(0.2)
     trail = store.history(str(demo_dir.resolve()))
-    assert trail[["verdict", "reviewer"]].values.tolist() == [["agree", "Dr E2E"]]
+    assert trail[["verdict", "reviewer"]].values.tolist() == [["tumour", "Dr E2E"]]
     print(f"screenshots in {shots}")
 
 
@@ -155,7 +155,7 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
         page.get_by_role("heading", name=f"Cell r{row} c{col}").wait_for(timeout=60_000)
         settle(page)
         assert page.get_by_text("CAM over the patch").count() == 1  # the patch's Grad-CAM is drawn
-        page.get_by_role("button", name="Tumour", exact=True).click()
+        page.get_by_role("button", name="Yes", exact=True).click()
         settle(page)
         page.screenshot(path=shots / "slide-verdict.png")
         assert errors_on(page) == 0
@@ -167,7 +167,7 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
     while store.latest(key).empty and time.monotonic() < deadline:
         time.sleep(0.2)
     rows = store.latest(key)
-    assert rows[["verdict", "reviewer"]].values.tolist() == [["agree", "Dr Slide"]]
+    assert rows[["verdict", "reviewer"]].values.tolist() == [["tumour", "Dr Slide"]]
     grid = Grid(32, *slide_map.prob.shape, 1.0)
     assert parse_cell_id(rows["patch_id"].iloc[0]) == grid.window_box(row, col)  # the clicked cell's window
     print(f"screenshots in {shots}")

@@ -22,19 +22,20 @@ sidebar.warn_if_other_data(ctx)
 store = ctx.store
 keep = dict(persist_state="session", on_change=first_page)
 
-row = st.columns([1, 1, 1, 1, 1])
+row = st.columns([1, 1, 1, 1])
 split = row[0].selectbox("Split", store.split_names(), key="browse_split", **keep)
 labelled = store.has_labels(split)
 label = row[1].selectbox("Label", ["any", "tumour", "normal"], key="browse_label", disabled=not labelled,
                          **keep)
-verdict = row[2].selectbox("Verdict", review.VERDICT_FILTERS, key="browse_verdict", **keep)
-tta = row[3].selectbox("TTA views", [1, 2, 4, 8], key="browse_tta", disabled=ctx.run is None, **keep,
-                       help="Predictions averaged over flips and rotations; their spread shows disagreement.")
-queue = row[4].toggle("Review queue", key="browse_queue", **keep,
+verdicts_offered = [v for v in review.VERDICT_FILTERS if ctx.run is not None or v != "differs from the model"]
+verdict = row[2].selectbox("Verdict", verdicts_offered, key="browse_verdict", **keep,
+                           help="A reviewer's answer to 'tumour in the centre 32x32?', or where that answer "
+                                "differs from the given label or from the model's call at 0.5.")
+queue = row[3].toggle("Review queue", key="browse_queue", **keep,
                       help="Unreviewed first, then the patches the model is least sure of or whose "
                            "views disagree.")
 
-preds = ui.predictions(store, [ctx.run] if ctx.run else [], split, tta)
+preds = ui.predictions(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 has_preds = preds is not None
@@ -63,7 +64,8 @@ pages = max(1, -(-len(shown) // size))
 page = row[1].number_input("Page", 1, pages, key="browse_page", persist_state="session")
 start = (min(page, pages) - 1) * size
 row[2].markdown(f"**{len(shown):,}** of {len(table):,} {split} patches match; "
-                f"page {min(page, pages)} of {pages}.")
+                f"page {min(page, pages)} of {pages}."
+                + (f" p: P(tumour), mean of {ctx.tta} view{'s' * (ctx.tta > 1)}." if has_preds else ""))
 
 if shown.empty:
     st.warning("No patch matches these filters.")

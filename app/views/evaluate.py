@@ -31,8 +31,8 @@ row = st.columns([2, 1, 3])
 split = row[0].selectbox("Patches", list(choices), key="eval_split",
                          help="A whole split includes the patches the model trained on and scores "
                               "optimistically; the run's held-out validation patches do not.")
-tta = row[1].selectbox("TTA views", [1, 2, 4, 8], key="eval_tta")
-preds = ui.predictions(store, [ctx.run], choices[split], tta)  # held out: scores only those patches
+row[1].metric("TTA views", ctx.tta, help="Set in the sidebar, for every page.")
+preds = ui.predictions(store, [ctx.run], choices[split], ctx.tta)  # held out: scores only those patches
 y, p = preds["label"].to_numpy(), preds["prob"].to_numpy()
 try:
     head = ui.headline_metrics(y, p)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from app import images, patch_panel, sidebar, ui
 from pcam_core.data import PatchStore
-from pcam_core.review import VERDICTS
+from pcam_core.review import ANSWERS, VERDICTS
 
 SCALE = patch_panel.SCALE
 
@@ -83,14 +83,16 @@ with dataset_tab:
         if mask is not None and mask[0].any():
             st.image(images.with_centre_box(np.where(mask[0][..., None], rgb, rgb // 3), 2),
                      caption="tumour pixels (demo ground truth)")
-    prob = patch_panel.model_panel(ctx.run, rgb, "inspect", heat, controls)
+    prob = patch_panel.model_panel(ctx.run, rgb, "inspect", heat, controls, ctx.tta)
 
-    st.subheader("Verdict")
-    st.caption("Do you agree with the label and the model that the centre 32x32 holds tumour?")
+    st.subheader("Tumour in the centre 32x32?")
+    st.caption("Your answer about the tissue; whether it matches the label and the model is worked out, "
+               "not asked.")
     history = ui.verdict_history(ctx.dataset_key, patch_id)
     if len(history):
         last = history.iloc[-1]
-        st.markdown(f"Current verdict: **{last['verdict']}** by {last['reviewer']} ({last['created'][:16]})")
+        st.markdown(f"Current verdict: **{last['verdict']}** by {last['reviewer']} ({last['created'][:16]})"
+                    + patch_panel.agreement(last["verdict"], label, prob))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")
     if st.session_state.get("verdict_error"):
@@ -98,7 +100,7 @@ with dataset_tab:
     note = st.text_input("Note (optional)", key=f"inspect_note_{index}")
     buttons = st.columns(len(VERDICTS) + 3)
     for col, verdict in zip(buttons, VERDICTS, strict=False):
-        col.button(verdict.capitalize(), key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
+        col.button(ANSWERS[verdict], key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
                    type="secondary", width="stretch",  # no answer is styled as the expected one
                    on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob))
     if len(history):
@@ -119,4 +121,4 @@ with upload_tab:
             original, heat, controls = st.columns([4, 4, 3])
             original.image(images.with_centre_box(own, SCALE), width="stretch", output_format="PNG",
                            caption=upload.name)
-            patch_panel.model_panel(ctx.run, own, "upload", heat, controls)
+            patch_panel.model_panel(ctx.run, own, "upload", heat, controls, ctx.tta)

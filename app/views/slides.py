@@ -9,12 +9,11 @@ import streamlit as st
 
 from app import images, patch_panel, sidebar, slides_ui, ui
 from pcam_core import jobs
+from pcam_core.review import ANSWERS, VERDICTS
 from pcam_core.slide import MissingScale
 from pcam_core.slide_cache import job_state
 from pcam_core.slide_export import THRESHOLD, cell_id
 from pcam_core.slide_map import STRIDES, Grid, map_slide
-
-ANSWERS = {"Tumour": True, "No tumour": False, "Unsure": None}  # the question: tumour in the centre 32x32?
 
 ui.header("Slides", "A whole-slide image scored cell by cell: every 32x32 centre gets P(tumour) from the "
                     "96x96 around it, as PCam labels patches. Click the map to open the patch there.")
@@ -180,11 +179,7 @@ with st.expander("Top-scoring cells", expanded=selected is None):
 slide_key = f"slide:{Path(path).resolve()}"  # the verdicts' dataset: the slide; their patch id: the window
 
 
-def save_verdict(patch: str, answer: str, p: float, note_key: str) -> None:
-    """Tumour / no tumour / unsure, stored as agree or disagree with the map's call at 0.5 with its P,
-    so the answer is recoverable (`slide_export.reviewed_labels`)."""
-    tumour = ANSWERS[answer]
-    verdict = "unsure" if tumour is None else ("agree" if tumour == (p >= THRESHOLD) else "disagree")
+def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
     try:
         ui.review_store().record(slide_key, patch, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p)
@@ -192,7 +187,7 @@ def save_verdict(patch: str, answer: str, p: float, note_key: str) -> None:
         st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {ui.review_db()})."
         return
     st.session_state[note_key] = ""
-    st.toast(f"Saved: {answer} on {patch}", icon=":material/check:")
+    st.toast(f"Saved: {verdict} on {patch}", icon=":material/check:")
 
 
 def next_hot_spot(grid: Grid, current: tuple[int, int]) -> None:
@@ -221,24 +216,24 @@ if selected is not None:
     original.image(images.with_centre_box(rgb, patch_panel.SCALE), width="stretch", output_format="PNG",
                    caption=f"on the map: P(tumour) {p:.3f}" if np.isfinite(p) else "not scored: glass or "
                                                                                    "too little tissue")
-    patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls)
+    patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls, tta)
     st.markdown("**Is there tumour in the centre 32x32?**")
     history = ui.verdict_history(slide_key, patch)
     if len(history):
         last = history.iloc[-1]
-        st.caption(f"Current verdict: {last['verdict']} (with the map's P {last['prob']:.3f}) by "
-                   f"{last['reviewer']}, {last['created'][:16]}")
+        st.caption(f"Current verdict: {last['verdict']} by {last['reviewer']}, {last['created'][:16]}"
+                   + patch_panel.agreement(last["verdict"], -1, last["prob"]))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")
     if st.session_state.get("slides_verdict_error"):
         st.error(st.session_state.pop("slides_verdict_error"))
     note_key = f"slides_note_{patch}"
     st.text_input("Note (optional)", key=note_key)
-    buttons = st.columns(len(ANSWERS) + 3)
-    for button, answer in zip(buttons, ANSWERS, strict=False):
-        button.button(answer, key=f"slides_verdict_{answer.replace(' ', '_').lower()}",
+    buttons = st.columns(len(VERDICTS) + 3)
+    for button, verdict in zip(buttons, VERDICTS, strict=False):
+        button.button(ANSWERS[verdict], key=f"slides_verdict_{verdict}",
                       disabled=not ctx.reviewer or not np.isfinite(p), width="stretch",
-                      on_click=save_verdict, args=(patch, answer, p, note_key))
+                      on_click=save_verdict, args=(patch, verdict, p, note_key))
     buttons[-1].button("Next hot spot", key="slides_next", icon=":material/arrow_forward:", width="stretch",
                        on_click=next_hot_spot, args=(grid, (row, col)),
                        help="The highest-scoring cell without a verdict yet.")

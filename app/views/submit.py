@@ -29,8 +29,9 @@ default = [ctx.run.name] if ctx.run is not None and ctx.run.name in names else l
 row = st.columns([3, 1])
 chosen = row[0].multiselect("Models", list(names), default=default, key="submit_models",
                             help="More than one: their probabilities are averaged (an ensemble).")
-tta = row[1].selectbox("TTA views", [1, 2, 4, 8], index=2, key="submit_tta",
-                       help="Each patch is scored under this many flips/rotations and averaged.")
+tta = ctx.tta
+row[1].metric("TTA views", tta, help="Set in the sidebar: each patch is scored under this many flips and "
+                                      "rotations and averaged. Kaggle entries usually use 8.")
 if not chosen:
     st.info("Choose at least one model.")
     st.stop()
