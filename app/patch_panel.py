@@ -41,11 +41,12 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
     used = views[list(view_indices(tta))]
     with control_col:
         cols = st.columns(2)
-        cols[0].metric(f"P(tumour) · {tta} view{'s' * (tta > 1)}", f"{used.mean():.3f}",
+        cols[0].metric("P(tumour)", f"{used.mean():.3f}",
                        help="The mean over the flips and rotations set by TTA views in the sidebar; all 8 "
                             "views are drawn below.")
-        cols[1].metric("Spread over views", f"{used.std():.3f}",
+        cols[1].metric("Spread", f"{used.std():.3f}",
                        help="How much the views disagree (standard deviation of their probabilities).")
+        st.caption(f"P over {tta} view{'s' * (tta > 1)} (TTA views, in the sidebar)")
         # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
         # 0.004 look like certainty
         bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",

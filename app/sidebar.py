@@ -88,9 +88,9 @@ def dataset_picker() -> tuple[PatchStore, str]:
     start_label = DEMO_LABEL if is_demo else f"Started with: {demo.name}"
     sample = os.environ.get("PCAM_SAMPLE_DIR")
     sources = [start_label] + ([SAMPLE_LABEL] if sample else []) + [FOLDER_LABEL]
-    source = st.sidebar.radio("Dataset", sources, key="dataset_source", persist_state="session")
+    source = st.sidebar.radio("Dataset", sources, key="dataset_source", **KEPT)
     if source == FOLDER_LABEL:
-        typed = st.sidebar.text_input("Folder", key="dataset_folder", persist_state="session",
+        typed = st.sidebar.text_input("Folder", key="dataset_folder", **KEPT,
                                       placeholder="/data/histopathologic-cancer-detection",
                                       help="A Kaggle folder (train/, train_labels.csv), a PCam HDF5 "
                                            "folder or a folder of images. It is only read.")
@@ -113,6 +113,13 @@ def dataset_picker() -> tuple[PatchStore, str]:
         with st.sidebar.expander("Dataset summary", expanded=False):
             st.code(store.describe(), language=None)
     return store, str(store.root.resolve())
+
+
+# The sidebar's choices live in the page's URL (?dataset_source=...&model=...&tta=8&reviewer=Ann):
+# a reload, a bookmark or a second tab opened from the link comes back to the same dataset, model, views
+# and name. The URL rather than a settings file, because one app may serve several reviewers, each in
+# their own browser, and a file beside the verdict store would hand one reviewer's name to the next.
+KEPT = dict(bind="query-params", persist_state="session")
 
 
 def _pin_model() -> None:
@@ -143,6 +150,9 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     here = table["data"] == dataset_key
     table = pd.concat([table[here], table[~here]]).set_index("run_id")
     options = [NO_MODEL, *table.index]
+    if "model_choice" not in st.session_state and st.query_params.get("model") in options:
+        st.session_state["model_choice"] = st.query_params["model"]  # a reload keeps the user's pick
+        st.session_state["model_pinned"] = True
     if not st.session_state.get("model_pinned") or st.session_state.get("model_choice") not in options:
         mine = table[table["data"] == dataset_key]
         finished = mine["state"] == "finished"
@@ -158,8 +168,15 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
         return text if row["data"] == dataset_key else f"{text} · trained on {row['dataset']}"
 
     choice = st.sidebar.selectbox("Model", options, key="model_choice", format_func=label,
+                                  persist_state="session",
                                   on_change=_pin_model, help="Trained on the Train page; its predictions "
                                                              "feed Browse, Inspect, Evaluate and Submit.")
+    # the model a user picked goes in the URL by run id (not bound: the option's label holds its AUC, which
+    # changes while a run trains); the default one does not, so a new run still becomes the default
+    if st.session_state.get("model_pinned"):
+        st.query_params["model"] = choice
+    elif "model" in st.query_params:
+        del st.query_params["model"]
     if choice == NO_MODEL:
         return None, ""
     return Path(table.loc[choice, "path"]), table.loc[choice, "data"]
@@ -181,10 +198,10 @@ def sidebar() -> Context:
         st.session_state["inspect_dataset"] = key
         st.session_state.pop("inspect_index", None)
         st.session_state.pop("inspect_order", None)
-    reviewer = st.sidebar.text_input("Reviewer", key="reviewer", persist_state="session",
+    reviewer = st.sidebar.text_input("Reviewer", key="reviewer", **KEPT,
                                      placeholder="your name", help="Recorded with every verdict you give.")
     run, run_data = model_picker(key)
-    tta = st.sidebar.selectbox("TTA views", TTA_VIEWS, key="tta", persist_state="session",
+    tta = st.sidebar.selectbox("TTA views", TTA_VIEWS, key="tta", **KEPT,
                                disabled=run is None,
                                help="Each probability on every page is the mean over this many flips and "
                                     "rotations of the patch (test-time augmentation): 1 is fastest, 8 the "

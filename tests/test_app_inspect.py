@@ -37,8 +37,8 @@ def test_the_page_shows_the_model_own_probability_and_cam(open_app, with_model, 
     expected = infer.predict_images(model, image, tta=8, device="cpu")
     focus = cam.centre_focus(cam.compute_cams(model, image))[0]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["P(tumour) · 8 views"] == f"{expected['prob'][0]:.3f}"  # the mean of the 8 views
-    assert metrics["Spread over views"] == f"{expected['spread'][0]:.3f}"
+    assert metrics["P(tumour)"] == f"{expected['prob'][0]:.3f}"  # the mean of the 8 views
+    assert metrics["Spread"] == f"{expected['spread'][0]:.3f}"
     assert metrics["Centre focus"] == f"{focus:.0%}"
     assert len(at.image) >= 2  # the patch and its CAM overlay
     views = json.loads(at.get("plotly_chart")[0].proto.spec)
@@ -139,7 +139,7 @@ def test_a_verdict_the_store_cannot_write_is_reported_and_the_note_kept(open_app
         assert not at.button(key="inspect_verdict_normal").disabled  # the reviewer can try again
 
 
-def test_browse_and_inspect_show_the_same_probability_for_a_patch(open_app, with_model, demo_dir):
+def test_browse_and_inspect_show_the_same_probability_for_a_patch(open_app, with_model, page_text):
     for tta in (1, 4):
         at = open_app()
         at.selectbox(key="tta").set_value(tta).run()
@@ -150,5 +150,17 @@ def test_browse_and_inspect_show_the_same_probability_for_a_patch(open_app, with
         at.button(key="browse_inspect_0").click().run()
         assert not at.exception
         metrics = {m.label: m.value for m in at.metric}
-        label = f"P(tumour) · {tta} view{'s' * (tta > 1)}"
-        assert float(metrics[label]) == pytest.approx(browse_p, abs=1.5e-3), (tta, caption, metrics)
+        assert float(metrics["P(tumour)"]) == pytest.approx(browse_p, abs=1.5e-3), (tta, caption, metrics)
+        assert f"P over {tta} view" in page_text(at)
+
+
+def test_a_verdict_can_move_on_to_the_next_patch_and_the_count_follows(open_app, with_model, page_text):
+    at = open_app("inspect", reviewer="Dr Ann")
+    assert "Patch 1 of 660 in the current filter · reviewed 0 of 660" in page_text(at)
+    at.toggle(key="inspect_advance").set_value(True).run()
+    at.button(key="inspect_verdict_tumour").click().run()
+    assert not at.exception
+    assert "Patch 2 of 660 in the current filter · reviewed 1 of 660" in page_text(at)
+    at.button(key="inspect_prev").click().run()
+    assert "Current verdict: **tumour** by Dr Ann" in page_text(at)
+    assert "the label" in page_text(at)  # agreement with the given label is derived and shown

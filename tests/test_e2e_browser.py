@@ -115,6 +115,10 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
         settle(page)
         page.screenshot(path=shots / "verdict.png")
         assert errors_on(page) == 0
+        page.reload()  # the sidebar's choices live in the URL: the name comes back
+        settle(page)
+        assert "reviewer=" in page.url
+        assert page.get_by_label("Reviewer", exact=True).input_value() == "Dr E2E"
         browser.close()
 
     store = ReviewStore(tmp_path / "reviews.sqlite")

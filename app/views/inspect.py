@@ -35,7 +35,8 @@ def go_to_typed_id(store: PatchStore) -> None:
         st.session_state["inspect_goto_error"] = str(e)
 
 
-def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None) -> None:
+def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None, next_index: int | None
+                 ) -> None:
     """Callback of the verdict buttons: appends the verdict at once and confirms it."""
     try:
         ui.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
@@ -49,6 +50,8 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None)
         return
     st.session_state[note_key] = ""  # saved with this verdict: it must not ride along with the next one
     st.toast(f"Saved: {verdict} on {patch_id[:12]}", icon=":material/check:")
+    if st.session_state.get("inspect_advance") and next_index is not None:
+        go_to_patch(next_index)
 
 
 dataset_tab, upload_tab = st.tabs(["Dataset patch", "Your own patch"])
@@ -62,11 +65,15 @@ with dataset_tab:
     position = np.flatnonzero(order == index)
     at = int(position[0]) if len(position) else 0
     nav = st.columns([1, 1, 3, 2])
+    following = int(order[at + 1]) if at + 1 < len(order) else None
     nav[0].button("Previous", key="inspect_prev", disabled=at == 0, icon=":material/arrow_back:",
-                  on_click=go_to_patch, args=(int(order[max(at - 1, 0)]),))
-    nav[1].button("Next", key="inspect_next", disabled=at >= len(order) - 1, icon=":material/arrow_forward:",
-                  on_click=go_to_patch, args=(int(order[min(at + 1, len(order) - 1)]),))
-    nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter")
+                  on_click=go_to_patch, args=(int(order[max(at - 1, 0)]),), shortcut="Left")
+    nav[1].button("Next", key="inspect_next", disabled=following is None, icon=":material/arrow_forward:",
+                  on_click=go_to_patch, args=(following,), shortcut="Right")
+    done = ui.current_verdicts(ctx.dataset_key)["patch_id"].to_numpy()
+    reviewed = int(np.isin(store.ids[order], done).sum())
+    nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter · reviewed {reviewed:,} of "
+                    f"{len(order):,}")
     nav[3].text_input("Go to id", key="inspect_goto", placeholder="go to patch id",
                       on_change=go_to_typed_id, args=(store,), label_visibility="collapsed")
     if st.session_state.get("inspect_goto_error"):
@@ -102,7 +109,11 @@ with dataset_tab:
     for col, verdict in zip(buttons, VERDICTS, strict=False):
         col.button(ANSWERS[verdict], key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
                    type="secondary", width="stretch",  # no answer is styled as the expected one
-                   on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob))
+                   shortcut=ANSWERS[verdict][0],  # Y, N, U
+                   on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob, following))
+    buttons[-1].toggle("Then next", key="inspect_advance", persist_state="session",
+                       help="After a verdict, go on to the next patch in the filter. Keys: Y, N, U answer; "
+                            "Left and Right arrows move.")
     if len(history):
         with st.expander(f"History of this patch ({len(history)} verdicts)"):
             st.dataframe(history[["created", "reviewer", "verdict", "note", "checkpoint", "prob"]],

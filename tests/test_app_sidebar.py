@@ -1,0 +1,28 @@
+"""The sidebar's choices survive a reload: they live in the page's URL (query parameters).
+
+Streamlit binds the dataset, reviewer and TTA widgets to the URL itself (checked in Chromium, in
+test_e2e_browser.py); the model a user picks is put there by the sidebar, checked here."""
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from app.sidebar import NO_MODEL
+
+ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+
+pytest_plugins = ["apptest"]
+
+
+def test_a_picked_model_is_in_the_url_and_comes_back_after_a_reload(open_app, with_model):
+    at = open_app()
+    assert at.selectbox(key="model_choice").value == "tiny" and "model" not in at.query_params
+    at.selectbox(key="model_choice").set_value(NO_MODEL).run()  # the user's own choice: no model
+    assert not at.exception
+    assert at.query_params["model"] in (NO_MODEL, [NO_MODEL])
+
+    reloaded = AppTest.from_file(str(ENTRY), default_timeout=120)  # a new session on the same URL
+    reloaded.query_params["model"] = NO_MODEL
+    reloaded.run()
+    assert not reloaded.exception
+    assert reloaded.selectbox(key="model_choice").value == NO_MODEL  # not the default "tiny"
