@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -82,10 +83,14 @@ class RunFolder:
             self._last_write = time.monotonic()
 
     def progress(self, **fields) -> None:
-        """Like `status`, but writes at most every STATUS_EVERY_S seconds (called every step)."""
+        """Like `status`, but writes at most every STATUS_EVERY_S seconds (called every step); each write
+        also appends the step and its loss to steps.csv, the curve a page draws before an epoch ends."""
         self._status.update(fields)
         if time.monotonic() - self._last_write >= STATUS_EVERY_S:
             self.status()
+            if self.write and "loss" in fields:
+                with open(self.path / "steps.csv", "a") as f:
+                    f.write(f"{fields.get('step')},{fields['loss']:.6g}\n")
 
     def epoch_end(self, metrics: dict, best_auc: float) -> None:
         if self.write:
@@ -231,6 +236,67 @@ def status(run_dir: str | Path) -> dict:
         message = message or "the training process ended without a final status; see its output below"
     return {**current, "state": state, "message": message, "pid": pid, "alive": is_alive,
             "device": job.get("device"), "started": job.get("started")}
+
+
+def steps(run_dir: str | Path) -> pd.DataFrame:
+    """The training loss sampled every few seconds (steps.csv): columns step, loss."""
+    path = Path(run_dir) / "steps.csv"
+    try:
+        return pd.read_csv(path, names=["step", "loss"]).dropna()
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return pd.DataFrame(columns=["step", "loss"])
+
+
+def timing(status: dict, now: float | None = None) -> str:
+    """'4 min 10 s elapsed, about 2 min left' for an active run (the rest estimated from its share done)."""
+    started = status.get("started")
+    if not started:
+        return ""
+    elapsed = max((now or time.time()) - started, 0.0)
+    share, _ = progress(status)
+    text = f"{_duration(elapsed)} elapsed"
+    if 0.02 <= share < 1:
+        text += f", about {_duration(elapsed * (1 - share) / share)} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def rename_run(run_dir: str | Path, name: str) -> Path:
+    """Renames a run folder that is not running; returns the new path.
+
+    Raises:
+        ValueError: a running job, a name that is not a plain folder name, or one already taken.
+    """
+    run_dir = Path(run_dir)
+    if status(run_dir)["alive"]:
+        raise ValueError(f"{run_dir.name} is running: stop it before renaming it")
+    name = name.strip()
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ValueError(f"{name!r} is not a folder name: use letters, digits, '-', '_' or '.'")
+    target = run_dir.with_name(name)
+    if target.exists():
+        raise ValueError(f"a run called {name} already exists")
+    run_dir.rename(target)
+    return target
+
+
+def delete_run(run_dir: str | Path) -> None:
+    """Removes a run folder and all its files; never a running one.
+
+    Raises:
+        ValueError: the run is running, or the folder is not a run folder.
+    """
+    run_dir = Path(run_dir)
+    if not any((run_dir / n).is_file() for n in ("status.json", "job.json", "config.json")):
+        raise ValueError(f"{run_dir} is not a run folder; nothing removed")
+    if status(run_dir)["alive"]:
+        raise ValueError(f"{run_dir.name} is running: stop it before deleting it")
+    shutil.rmtree(run_dir)
 
 
 def progress(status: dict) -> tuple[float, str]:

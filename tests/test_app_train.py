@@ -41,6 +41,16 @@ def test_training_from_the_form_runs_to_completion(open_app, page_text, tmp_path
     assert '"val_frac": 0.2' in config and '"augment": false' in config
     assert at.sidebar.selectbox(key="model_choice").value == table["run_id"].iloc[0]  # used from now on
 
+    name = table["run_id"].iloc[0]
+    at.text_input(key=f"train_name_{name}").input("first-cnn").run()
+    at.button(key="train_rename").click().run()
+    assert not at.exception
+    assert at.dataframe[0].value["run_id"].tolist() == ["first-cnn"]
+    at.checkbox(key="train_delete_sure").check().run()
+    at.button(key="train_delete").click().run()
+    assert not at.exception
+    assert "No runs yet" in page_text(at) and runs.list_runs(tmp_path / "runs").empty
+
 
 def wait_until(run: str, done) -> dict:
     deadline = time.monotonic() + 240

@@ -116,3 +116,43 @@ def test_a_run_started_from_the_command_line_is_read_from_its_status(tmp_path):
 def test_progress_counts_steps_within_the_epoch(status, share, text):
     # the Train page once said "epoch 2 of 2, step 56 of 35" with the bar full as epoch 2 began
     assert runs.progress(status) == (pytest.approx(share), text)
+
+
+def test_timing_says_elapsed_and_what_is_left():
+    status = {"started": 1000.0, "epochs": 2, "steps_per_epoch": 50, "step": 25, "epoch": 0}
+    assert runs.timing(status, now=1060.0) == "1 min 0 s elapsed, about 3 min 0 s left"  # a quarter done
+    assert runs.timing({"started": 1000.0}, now=1005.0) == "5 s elapsed"
+    assert runs.timing({}) == ""
+
+
+def test_runs_are_renamed_and_deleted_but_never_while_running(tmp_path):
+    runs_dir = tmp_path / "runs"
+    run = runs_dir / "old-name"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "finished", "epoch": 1}))
+    (run / "steps.csv").write_text("1,0.69\n2,0.5\n")
+    assert runs.steps(run)["loss"].tolist() == [0.69, 0.5]
+    with pytest.raises(ValueError, match="not a folder name"):
+        runs.rename_run(run, "../elsewhere")
+    renamed = runs.rename_run(run, "baseline-cnn")
+    assert renamed == runs_dir / "baseline-cnn" and not run.exists()
+    with pytest.raises(ValueError, match="already exists"):
+        (runs_dir / "other").mkdir()
+        runs.rename_run(renamed, "other")
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "pcam_core"])
+    try:
+        job = {"pid": busy.pid, "device": "cpu", "started": time.time()}
+        (renamed / "job.json").write_text(json.dumps(job))
+        with pytest.raises(ValueError, match="running"):
+            runs.delete_run(renamed)
+        with pytest.raises(ValueError, match="running"):
+            runs.rename_run(renamed, "x")
+    finally:
+        busy.kill()
+        busy.wait()
+    runs.delete_run(renamed)
+    assert not renamed.exists()
+    with pytest.raises(ValueError, match="not a run folder"):
+        runs.delete_run(runs_dir / "other")  # a folder without run files is left alone
+    assert (runs_dir / "other").is_dir()

@@ -87,16 +87,23 @@ def live(run: Path) -> None:
     st.markdown(f"#### {run.name}: {state}")
     if state in runs.ACTIVE_STATES:
         share, text = runs.progress(status)
-        st.progress(share, text=text)
+        timing = runs.timing(status)
+        st.progress(share, text=text + (f" · {timing}" if timing else ""))
     if status["message"]:
         (st.error if state == "failed" else st.caption)(status["message"])
-    table = runs.metrics(run)
-    if len(table):
+    table, sampled = runs.metrics(run), runs.steps(run)
+    if len(table) or len(sampled):
         left, right = st.columns(2)
         layout = dict(height=260, margin=dict(t=30, b=10), xaxis_title="epoch")
-        loss = go.Figure([go.Scatter(x=table["epoch"], y=table[c], name=c.replace("_", " "),
-                                     mode="lines+markers") for c in ("train_loss", "val_loss")])
-        left.plotly_chart(loss.update_layout(title="loss", **layout), key="train_loss_chart")
+        if len(table) >= 2 or not len(sampled):
+            loss = go.Figure([go.Scatter(x=table["epoch"], y=table[c], name=c.replace("_", " "),
+                                         mode="lines+markers") for c in ("train_loss", "val_loss")])
+            left.plotly_chart(loss.update_layout(title="loss", **layout), key="train_loss_chart")
+        else:  # before a second epoch ends, the loss as it is sampled during training
+            loss = go.Figure(go.Scatter(x=sampled["step"], y=sampled["loss"], mode="lines"))
+            loss.update_layout(title="training loss, sampled every few seconds",
+                               **{**layout, "xaxis_title": "step"})
+            left.plotly_chart(loss, key="train_step_chart")
         auc = go.Figure(go.Scatter(x=table["epoch"], y=table["val_auc"], mode="lines+markers"))
         auc.update_layout(title="validation ROC AUC", yaxis_range=[0, 1.02], **layout)
         right.plotly_chart(auc, key="train_auc_chart")
@@ -113,8 +120,9 @@ def live(run: Path) -> None:
                 st.error(f"Could not resume: {e}")
             else:
                 st.rerun(scope="app")  # the form above now shows the device as busy
-    if state == "failed" and jobs.log_tail(run):
-        st.code(jobs.log_tail(run), language=None)
+    if jobs.log_tail(run):
+        with st.expander("Job output (last lines)", expanded=state == "failed"):
+            st.code(jobs.log_tail(run), language=None)
     previous = st.session_state.get(f"train_seen_{run.name}")
     st.session_state[f"train_seen_{run.name}"] = state
     if previous in runs.ACTIVE_STATES and state not in runs.ACTIVE_STATES:
@@ -125,3 +133,35 @@ live(run)
 with st.expander("Configuration of this run"):
     config_path = run / "config.json"
     st.json(json.loads(config_path.read_text()) if config_path.is_file() else {}, expanded=False)
+
+
+def rename(run: Path) -> None:
+    try:
+        name = st.session_state.get(f"train_name_{run.name}", "")
+        st.session_state["train_run"] = str(runs.rename_run(run, name))
+    except (ValueError, OSError) as e:
+        st.session_state["train_manage_error"] = f"Not renamed: {e}"
+
+
+def delete(run: Path) -> None:
+    try:
+        runs.delete_run(run)
+    except (ValueError, OSError) as e:
+        st.session_state["train_manage_error"] = f"Not deleted: {e}"
+    else:
+        st.session_state.pop("train_run", None)
+        st.session_state["train_delete_sure"] = False
+
+
+with st.expander("Rename or delete this run"):
+    running = runs.status(run)["alive"]
+    if running:
+        st.caption("A running job cannot be renamed or deleted: stop it first.")
+    cols = st.columns([3, 1, 2, 1])
+    cols[0].text_input("New name", value=run.name, key=f"train_name_{run.name}", label_visibility="collapsed")
+    cols[1].button("Rename", key="train_rename", on_click=rename, args=(run,), disabled=running)
+    sure = cols[2].checkbox("Delete its checkpoints and files", key="train_delete_sure", disabled=running)
+    cols[3].button("Delete", key="train_delete", on_click=delete, args=(run,), disabled=running or not sure,
+                   type="primary" if sure else "secondary")
+    if st.session_state.get("train_manage_error"):
+        st.error(st.session_state.pop("train_manage_error"))
