@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,8 +31,17 @@ def with_centre_box(rgb: np.ndarray, scale: int = 1) -> np.ndarray:
     return big
 
 
-def read_upload(data: bytes, name: str) -> np.ndarray:
-    """A (96, 96, 3) uint8 patch from an uploaded image file; a larger image is centre-cropped.
+@dataclass
+class Upload:
+    """An uploaded patch: (96, 96, 3) uint8 pixels, and what was done to the file to get them ("" when
+    it was a 96 x 96 patch already)."""
+
+    patch: np.ndarray
+    note: str
+
+
+def read_upload(data: bytes, name: str) -> Upload:
+    """A patch from an uploaded image file; a larger image is centre-cropped (never resized).
 
     Raises ValueError, with what to do, for a file that is too big, not an image, or smaller than 96x96.
     """
@@ -51,4 +61,8 @@ def read_upload(data: bytes, name: str) -> np.ndarray:
         raise ValueError(f"{name} is {w}x{h} px; a patch must be at least {PATCH}x{PATCH} "
                          "(larger images are centre-cropped)")
     top, left = (h - PATCH) // 2, (w - PATCH) // 2
-    return np.ascontiguousarray(rgb[top:top + PATCH, left:left + PATCH])
+    note = "" if (h, w) == (PATCH, PATCH) else (
+        f"{name} is {w}x{h} px: only its centre {PATCH}x{PATCH} is shown and scored, at the file's own scale "
+        "(nothing was resized). Crop the patch you mean before uploading, or open a large image on the "
+        "Slides page.")
+    return Upload(np.ascontiguousarray(rgb[top:top + PATCH, left:left + PATCH]), note)

@@ -55,7 +55,11 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
                            xaxis_title="P(tumour)", yaxis_autorange="reversed")
         st.plotly_chart(bars, key=f"{key}_views", config={"displayModeBar": False})
         method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
-                              help="gradcam is fast; scorecam is slow on CPU.")
+                              help="Where the model looks. gradcam: the layer's activations weighted by "
+                                   "their gradients (fast). gradcam++: the same, better at several "
+                                   "separate spots. eigencam: the main pattern of the activations, "
+                                   "no gradients. layercam: gradients pixel by pixel, finer maps. "
+                                   "scorecam: masks the patch and watches P change (slow on CPU).")
         layers = ui.cam_layers(run, mtime)
         layer = st.selectbox("Layer", [None, *reversed(layers[-12:])], key=f"{key}_layer",
                              format_func=lambda name: "default (last conv block)" if name is None else name)

@@ -97,6 +97,7 @@ def test_an_uploaded_patch_is_scored_or_refused(open_app, with_model, page_text)
     at.file_uploader(key="inspect_upload").upload("big.png", png(120, 100), "image/png").run()
     assert not at.exception and not at.error
     assert "P(tumour)" in page_text(at)
+    assert "big.png is 120x100 px: only its centre 96x96 is shown and scored" in page_text(at)
     at.file_uploader(key="inspect_upload").clear().upload("notes.png", b"not an image", "image/png").run()
     assert not at.exception
     assert "not a readable image" in at.error[0].value
@@ -117,8 +118,9 @@ def test_a_larger_upload_is_centre_cropped():
     image[52:148, 102:198] = 200  # the centre 96x96
     out = io.BytesIO()
     Image.fromarray(image).save(out, "TIFF")
-    patch = read_upload(out.getvalue(), "slide-crop.tif")
-    assert patch.shape == (96, 96, 3) and (patch == 200).all()
+    upload = read_upload(out.getvalue(), "slide-crop.tif")
+    assert upload.patch.shape == (96, 96, 3) and (upload.patch == 200).all()
+    assert "300x200 px" in upload.note and "nothing was resized" in upload.note
 
 
 def test_a_verdict_the_store_cannot_write_is_reported_and_the_note_kept(open_app, with_model, page_text,

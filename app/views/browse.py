@@ -65,6 +65,7 @@ page = row[1].number_input("Page", 1, pages, key="browse_page", persist_state="s
 start = (min(page, pages) - 1) * size
 row[2].markdown(f"**{len(shown):,}** of {len(table):,} {split} patches match; "
                 f"page {min(page, pages)} of {pages}."
+                + " T / N: the given label (tumour, normal)."
                 + (f" p: P(tumour), mean of {ctx.tta} view{'s' * (ctx.tta > 1)}." if has_preds else ""))
 
 if shown.empty:

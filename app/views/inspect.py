@@ -125,10 +125,13 @@ with upload_tab:
     upload = st.file_uploader("Patch image", type=["tif", "tiff", "png", "jpg", "jpeg"], key="inspect_upload")
     if upload is not None:
         try:
-            own = images.read_upload(upload.getvalue(), upload.name)
+            uploaded = images.read_upload(upload.getvalue(), upload.name)
         except ValueError as e:
             st.error(str(e))
         else:
+            if uploaded.note:
+                st.info(uploaded.note)
+            own = uploaded.patch
             original, heat, controls = st.columns([4, 4, 3])
             original.image(images.with_centre_box(own, SCALE), width="stretch", output_format="PNG",
                            caption=upload.name)
