@@ -149,8 +149,8 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     Returns:
         (the run folder or None, the dataset folder that run trained on).
     """
-    table = runs.list_runs(runs.runs_dir())
-    table = table[table["checkpoint"]]
+    registry = runs.list_runs(runs.runs_dir())
+    table = registry[registry["checkpoint"]]
     here = table["data"] == dataset_key
     table = pd.concat([table[here], table[~here]]).set_index("run_id")
     options = [NO_MODEL, *table.index]
@@ -182,6 +182,10 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     elif "model" in st.query_params:
         del st.query_params["model"]
     if choice == NO_MODEL:
+        training = registry["run_id"][registry["state"].isin(runs.ACTIVE_STATES)]
+        if len(training):
+            st.sidebar.caption(f"{training.iloc[0]} is training (see the Train page); it is used here "
+                               "as soon as it finishes.")
         return None, ""
     return Path(table.loc[choice, "path"]), table.loc[choice, "data"]
 

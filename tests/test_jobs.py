@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,8 @@ import pytest
 from pcam_core import jobs, runs
 from pcam_core.config import TrainConfig
 from pcam_core.data import pack
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wait_for(run: Path, states: tuple[str, ...], timeout: float = 240) -> dict:
@@ -156,3 +159,21 @@ def test_runs_are_renamed_and_deleted_but_never_while_running(tmp_path):
     with pytest.raises(ValueError, match="not a run folder"):
         runs.delete_run(runs_dir / "other")  # a folder without run files is left alone
     assert (runs_dir / "other").is_dir()
+
+
+def test_make_run_starts_one_first_model_only_when_there_is_no_run(demo_dir, tmp_path):
+    env = {**os.environ, "PCAM_RUNS_DIR": str(tmp_path / "runs")}
+    script = [sys.executable, str(REPO / "scripts" / "first_model.py"), str(demo_dir)]
+    first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "training a first demo model" in first.stdout, first.stderr
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    try:
+        assert json.loads((run / "config.json").read_text())["model"] == "base_cnn"
+        again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and again.stdout == ""
+        assert len(list(run.parent.glob("*/config.json"))) == 1
+    finally:
+        jobs.stop(run)
+        wait = time.monotonic() + 60
+        while runs.status(run)["alive"] and time.monotonic() < wait:
+            time.sleep(0.3)
