@@ -205,7 +205,10 @@ def open_in_inspect(index: int, order: np.ndarray) -> None:
     """Goes to the Inspect page on one patch; previous/next there walk `order` (store indices)."""
     st.session_state["inspect_index"] = int(index)
     st.session_state["inspect_order"] = np.asarray(order, dtype=np.int64)
-    st.switch_page("views/inspect.py")
+    # switch_page replaces the URL's query parameters, and Streamlit refuses to clear the ones bound to
+    # the sidebar's widgets: hand it the one the sidebar sets itself; the bound ones follow their widgets
+    kept = {"model": st.query_params["model"]} if "model" in st.query_params else {}
+    st.switch_page("views/inspect.py", query_params=kept)
 
 
 def label_name(label: int) -> str:
