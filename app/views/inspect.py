@@ -3,6 +3,7 @@
 import sqlite3
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from app import images, patch_panel, sidebar, ui
@@ -71,7 +72,7 @@ with dataset_tab:
     nav[1].button("Next", key="inspect_next", disabled=following is None, icon=":material/arrow_forward:",
                   on_click=go_to_patch, args=(following,), shortcut="Right")
     done = ui.current_verdicts(ctx.dataset_key)["patch_id"].to_numpy()
-    reviewed = int(np.isin(store.ids[order], done).sum())
+    reviewed = int(pd.Index(store.ids[order]).isin(done).sum())  # hashed: quick at 220,025 patches
     nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter · reviewed {reviewed:,} of "
                     f"{len(order):,}")
     nav[3].text_input("Go to id", key="inspect_goto", placeholder="go to patch id",
