@@ -16,10 +16,10 @@ from app import ui
 from pcam_core.geometry import PATCH
 from pcam_core.infer import autocast_dtype
 from pcam_core.models import resolve_device
-from pcam_core.slide import Slide, list_slides, open_slide
+from pcam_core.slide import Grid, Slide, list_slides, open_slide
 from pcam_core.slide_cache import MapSettings, SlideMap, load_map, map_dir
 from pcam_core.slide_export import cell_id, export_cells, parse_cell_id, reviewed_labels
-from pcam_core.slide_map import MIN_TISSUE, Grid, cell_patch, tissue_fraction
+from pcam_core.slide_map import MIN_TISSUE, cell_patch, tissue_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 CELL_TRACE = 3  # the clickable markers: after the thumbnail, the heat map and the contour
@@ -98,7 +98,7 @@ def map_figure(slide_map: SlideMap, uri: str, down: float, thumb_size: tuple[int
                threshold: float, selected: tuple[int, int] | None) -> go.Figure:
     """The thumbnail with the map over it (level-0 pixel axes), the threshold's contour, and a clickable
     marker on every scored cell."""
-    size = slide_map.meta["stride"] * slide_map.meta["scale"]  # level-0 pixels per cell
+    size = slide_map.grid.cell_size  # level-0 pixels per cell
     rows, cols = slide_map.prob.shape
     centres_x, centres_y = (np.arange(cols) + 0.5) * size, (np.arange(rows) + 0.5) * size
     fig = go.Figure()
@@ -150,7 +150,7 @@ def export(slide: Slide, slide_map: SlideMap, verdicts, top: int, target: str) -
     for patch in verdicts["patch_id"]:
         x, y, _ = parse_cell_id(patch)
         windows[patch] = slide.read(x / slide.scale, y / slide.scale, PATCH, PATCH)
-    grid = Grid.of(slide, slide_map.meta["stride"])
+    grid = slide_map.grid
     order = np.argsort(-np.nan_to_num(slide_map.prob, nan=-1.0), axis=None)
     for flat in order[: top + len(windows)]:
         row, col = divmod(int(flat), grid.cols)

@@ -20,6 +20,8 @@ import numpy as np
 import openslide
 from PIL import Image
 
+from pcam_core.geometry import PATCH
+
 log = logging.getLogger(__name__)
 
 PCAM_MPP = 0.972  # PCam patches: Camelyon16 level 2, 0.243 um/px * 4
@@ -29,6 +31,55 @@ MAX_UPSAMPLE = 2.0  # a slide more than 2x coarser than the model would be shown
 MIN_SATURATION = 0.07
 MIN_VALUE = 0.12  # black: slide-label shadows, pen, scanner borders
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
+STRIDES = (32, 48, 96)  # cell sides in model pixels a map offers
+BLOCK_PX = 512  # model pixels of cells per block side: one read of about 600 x 600 px
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of `stride` model pixels over a slide; cell (row, col) starts at model pixel
+    (col * stride, row * stride)."""
+
+    stride: int
+    rows: int
+    cols: int
+    scale: float  # level-0 pixels per model pixel
+
+    @classmethod
+    def of(cls, slide: Slide, stride: int) -> Grid:
+        if stride not in STRIDES:
+            raise ValueError(f"stride must be one of {STRIDES} model pixels, got {stride}")
+        w, h = slide.model_size
+        return cls(stride, math.ceil(h / stride), math.ceil(w / stride), slide.scale)
+
+    @property
+    def pad(self) -> int:
+        """Model pixels the window reaches beyond its cell on each side."""
+        return (PATCH - self.stride) // 2
+
+    @property
+    def cell_size(self) -> float:
+        """Level-0 pixels per cell side."""
+        return self.stride * self.scale
+
+    @property
+    def block_cells(self) -> int:
+        return max(1, BLOCK_PX // self.stride)
+
+    def cell_box(self, row, col) -> tuple:
+        """Level-0 (x, y, size) of the cell(s): rounded to whole pixels."""
+        size = self.cell_size
+        return np.round(np.asarray(col) * size).astype(int), np.round(np.asarray(row) * size).astype(int), \
+            round(size)
+
+    def window_box(self, row: int, col: int) -> tuple[int, int, int]:
+        """Level-0 (x, y, size) of cell (row, col)'s 96 x 96 window, rounded to whole pixels."""
+        x, y = self.window_origin(row, col)
+        return round(x * self.scale), round(y * self.scale), round(PATCH * self.scale)
+
+    def window_origin(self, row: int, col: int) -> tuple[int, int]:
+        """Model pixel (x, y) of the top-left of cell (row, col)'s 96 x 96 window."""
+        return col * self.stride - self.pad, row * self.stride - self.pad
 
 
 class MissingScale(ValueError):

@@ -20,6 +20,7 @@ import pandas as pd
 from pcam_core.atomic import atomic_write, write_text
 from pcam_core.pack import cache_dir_for
 from pcam_core.runs import alive, checkpoint_file, read_json
+from pcam_core.slide import Grid
 
 STATES = ("running", "stopped", "failed", "finished")
 
@@ -68,12 +69,15 @@ class SlideMap:
     def scored(self) -> int:
         return int(np.isfinite(self.prob).sum())
 
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.meta["stride"], *self.prob.shape, self.meta["scale"])
+
     def cells(self) -> pd.DataFrame:
         """One row per scored cell: row, col, level-0 x, y and size of the cell, tissue share, prob."""
         rows, cols = np.nonzero(np.isfinite(self.prob))
-        size = self.meta["stride"] * self.meta["scale"]
-        return pd.DataFrame({"row": rows, "col": cols, "x": np.round(cols * size).astype(int),
-                             "y": np.round(rows * size).astype(int), "size": round(size),
+        x, y, size = self.grid.cell_box(rows, cols)
+        return pd.DataFrame({"row": rows, "col": cols, "x": x, "y": y, "size": size,
                              "tissue": self.tissue[rows, cols].round(3), "prob": self.prob[rows, cols]})
 
 

@@ -63,7 +63,7 @@ def overlay_png(slide_map: SlideMap, thumbnail: np.ndarray, down: float, path: P
     Each thumbnail pixel takes the cell it falls in (nearest), so cell edges stay sharp and no cell
     bleeds into the glass next to it."""
     h, w = thumbnail.shape[:2]
-    size = slide_map.meta["stride"] * slide_map.meta["scale"] / down  # thumbnail pixels per cell
+    size = slide_map.grid.cell_size / down  # thumbnail pixels per cell
     rows = np.minimum((np.arange(h) + 0.5) // size, slide_map.prob.shape[0] - 1).astype(int)
     cols = np.minimum((np.arange(w) + 0.5) // size, slide_map.prob.shape[1] - 1).astype(int)
     heat = heat_rgba(slide_map.prob, opacity)[rows[:, None], cols[None, :]]  # (h, w, 4)

@@ -5,8 +5,9 @@ stride 96 a cell is the whole window (the quick map). Cells tile the slide witho
 prediction overwrites another; TTA views and ensemble members are averaged per cell. Only cells whose
 area is tissue (`slide.tissue_mask`) are scored.
 
-Windows are cut from blocks of cells read once at the model's scale (`slide.read_block`), on worker
-processes, so decoding the slide's JPEG or JPEG 2000 tiles runs beside the model. Scoring goes in
+Windows are cut from blocks of cells read once at the model's scale (`slide.read_block`), beside the
+model: on worker processes where torch leaves cores free (`default_workers`), else on the thread that
+feeds the model, so decoding the slide's JPEG or JPEG 2000 tiles overlaps the forward passes. Scoring goes in
 chunks: after each one the probabilities so far are handed to `save`, so a stopped or killed run keeps
 what it scored and `resume` carries on from there.
 """
@@ -22,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -36,63 +37,14 @@ from pcam_core.infer import TTA_VIEWS, Progress, autocast_dtype, predict_rows
 from pcam_core.models import Classifier, load, resolve_device
 from pcam_core.pack import main_script_hidden, pool_context
 from pcam_core.runs import checkpoint_file, read_json
-from pcam_core.slide import PCAM_MPP, Slide, open_slide, read_block, tissue_mask
+from pcam_core.slide import PCAM_MPP, STRIDES, Grid, Slide, open_slide, read_block, tissue_mask
 from pcam_core.slide_cache import MapSettings, SlideMap, load_map, map_dir, save_arrays, write_meta
 from pcam_core.slide_export import write_outputs
 
 log = logging.getLogger(__name__)
 
-STRIDES = (32, 48, 96)
 MIN_TISSUE = 0.25  # share of a cell that must be tissue for it to be scored
-BLOCK_PX = 512  # model pixels of cells per block side: one read of about 600 x 600 px
 CHUNK_CELLS = 2048  # cells scored between two saves of the partial map
-
-
-@dataclass(frozen=True)
-class Grid:
-    """Cells of `stride` model pixels over a slide; cell (row, col) starts at model pixel
-    (col * stride, row * stride)."""
-
-    stride: int
-    rows: int
-    cols: int
-    scale: float  # level-0 pixels per model pixel
-
-    @classmethod
-    def of(cls, slide: Slide, stride: int) -> Grid:
-        if stride not in STRIDES:
-            raise ValueError(f"stride must be one of {STRIDES} model pixels, got {stride}")
-        w, h = slide.model_size
-        return cls(stride, math.ceil(h / stride), math.ceil(w / stride), slide.scale)
-
-    @property
-    def pad(self) -> int:
-        """Model pixels the window reaches beyond its cell on each side."""
-        return (PATCH - self.stride) // 2
-
-    @property
-    def block_cells(self) -> int:
-        return max(1, BLOCK_PX // self.stride)
-
-    def cell_box(self, row, col) -> tuple:
-        """Level-0 (x, y, size) of the cell(s): rounded to whole pixels."""
-        size = self.stride * self.scale
-        return np.round(np.asarray(col) * size).astype(int), np.round(np.asarray(row) * size).astype(int), \
-            round(size)
-
-    def window_box(self, row: int, col: int) -> tuple[int, int, int]:
-        """Level-0 (x, y, size) of cell (row, col)'s 96 x 96 window, rounded to whole pixels."""
-        x, y = self.window_origin(row, col)
-        return round(x * self.scale), round(y * self.scale), round(PATCH * self.scale)
-
-    def window_origin(self, row: int, col: int) -> tuple[int, int]:
-        """Model pixel (x, y) of the top-left of cell (row, col)'s 96 x 96 window."""
-        return col * self.stride - self.pad, row * self.stride - self.pad
-
-    def cell_at(self, x: float, y: float) -> tuple[int, int]:
-        """The (row, col) of the cell holding level-0 pixel (x, y)."""
-        size = self.stride * self.scale
-        return int(y // size), int(x // size)
 
 
 def tissue_fraction(slide: Slide, grid: Grid) -> np.ndarray:

@@ -18,7 +18,6 @@ from pcam_core.demo_slide import make_demo_slide
 from pcam_core.review import ReviewStore
 from pcam_core.slide_cache import load_map
 from pcam_core.slide_export import parse_cell_id
-from pcam_core.slide_map import Grid
 
 pytest_plugins = ["apptest"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -150,7 +149,7 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
         meta = next(Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json"))
         slide_map = load_map(meta.parent)
         row, col = np.unravel_index(np.nanargmax(slide_map.prob), slide_map.prob.shape)
-        size = slide_map.meta["stride"] * slide_map.meta["scale"]
+        size = slide_map.grid.cell_size
         x, y = page.evaluate("""([x, y]) => {
             const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout;
             const r = gd.getBoundingClientRect();
@@ -173,6 +172,6 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
         time.sleep(0.2)
     rows = store.latest(key)
     assert rows[["verdict", "reviewer"]].values.tolist() == [["tumour", "Dr Slide"]]
-    grid = Grid(32, *slide_map.prob.shape, 1.0)
+    grid = slide_map.grid
     assert parse_cell_id(rows["patch_id"].iloc[0]) == grid.window_box(row, col)  # the clicked cell's window
     print(f"screenshots in {shots}")

@@ -21,9 +21,9 @@ from sklearn.metrics import roc_auc_score
 from pcam_core.demo_slide import make_demo_slide, make_slide_image, mask_path, write_slide
 from pcam_core.infer import predict_images
 from pcam_core.models import load
-from pcam_core.slide import PCAM_MPP, open_slide
+from pcam_core.slide import PCAM_MPP, Grid, open_slide
 from pcam_core.slide_cache import job_state, load_map
-from pcam_core.slide_map import Grid, cell_patch, map_slide, tissue_fraction
+from pcam_core.slide_map import cell_patch, map_slide, tissue_fraction
 
 pytest_plugins = ["apptest"]  # trained_runs: a base_cnn trained on the demo set
 
@@ -153,7 +153,7 @@ def test_a_cell_is_the_slide_pixels_there_with_no_shift(tmp_path, stride, factor
 def test_map_finds_the_known_tumour_and_matches_predict(demo_slide, trained_runs, tmp_path):
     run = trained_runs / "tiny"
     slide_map = map_slide([run], demo_slide, stride=32, out=tmp_path, device="cpu")
-    grid = Grid(32, *slide_map.prob.shape, 1.0)
+    grid = slide_map.grid
     truth = cell_truth(np.load(mask_path(demo_slide))["mask"], grid)
     scored = np.isfinite(slide_map.prob)
     assert truth[scored].sum() > 50 and (~truth[scored]).sum() > 300

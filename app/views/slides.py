@@ -10,10 +10,10 @@ import streamlit as st
 from app import images, patch_panel, sidebar, slides_ui, ui
 from pcam_core import jobs
 from pcam_core.review import ANSWERS, VERDICTS
-from pcam_core.slide import MissingScale
+from pcam_core.slide import STRIDES, Grid, MissingScale
 from pcam_core.slide_cache import job_state
 from pcam_core.slide_export import THRESHOLD, cell_id
-from pcam_core.slide_map import STRIDES, Grid, map_slide
+from pcam_core.slide_map import map_slide
 
 ui.header("Slides", "A whole-slide image scored cell by cell: every 32x32 centre gets P(tumour) from the "
                     "96x96 around it, as PCam labels patches. Click the map to open the patch there.")
@@ -205,7 +205,7 @@ def next_hot_spot(grid: Grid, current: tuple[int, int]) -> None:
 
 if selected is not None:
     row, col = selected
-    grid = Grid.of(slide, stride)
+    grid = slide_map.grid
     x, y, size = grid.window_box(row, col)
     patch = cell_id(slide.name, x, y, size)
     p = float(slide_map.prob[row, col])
