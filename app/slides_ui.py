@@ -16,10 +16,10 @@ from app import ui
 from pcam_core.geometry import PATCH
 from pcam_core.infer import autocast_dtype
 from pcam_core.models import resolve_device
-from pcam_core.slide import Grid, Slide, list_slides, open_slide
+from pcam_core.slide import MIN_TISSUE, Grid, Slide, list_slides, open_slide
 from pcam_core.slide_cache import MapSettings, SlideMap, load_map, map_dir
 from pcam_core.slide_export import cell_id, export_cells, parse_cell_id, reviewed_labels
-from pcam_core.slide_map import MIN_TISSUE, cell_patch, tissue_fraction
+from pcam_core.slide_map import cell_patch, tissue_fraction
 
 REPO = Path(__file__).resolve().parents[1]
 CELL_TRACE = 3  # the clickable markers: after the thumbnail, the heat map and the contour

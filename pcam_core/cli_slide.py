@@ -32,8 +32,8 @@ def cmd_slide(args: argparse.Namespace) -> int:
         try:
             result = map_slide(args.checkpoint, path, stride=args.stride, tta=args.tta, mpp=args.mpp,
                                out=args.out, device=args.device, precision=args.precision,
-                               min_tissue=args.min_tissue, workers=args.workers, batch_size=args.batch_size,
-                               progress=bar, stop=stop)
+                               workers=args.workers, batch_size=args.batch_size, progress=bar, stop=stop,
+                               **({} if args.min_tissue is None else {"min_tissue": args.min_tissue}))
         except (ValueError, OSError) as e:
             if len(slides) == 1:
                 raise
@@ -81,7 +81,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", type=Path, help="folder for the maps (default: the slide folder's cache)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
-    s.add_argument("--min-tissue", type=float, default=0.25, help="share of a cell that must be tissue")
+    s.add_argument("--min-tissue", type=float,
+                   help="share of a cell that must be tissue (default: slide.MIN_TISSUE, a quarter)")
     s.add_argument("--workers", type=int, help="slide-reading processes (default: 1 on CPU, up to 8 on GPU)")
     s.add_argument("--batch-size", type=int, help="windows per forward pass")
     s.set_defaults(func=cmd_slide)

@@ -30,6 +30,7 @@ MAX_UPSAMPLE = 2.0  # a slide more than 2x coarser than the model would be shown
 # keeps the tissue of both real test slides and drops their glass (BENCHMARKS.md "Slides").
 MIN_SATURATION = 0.07
 MIN_VALUE = 0.12  # black: slide-label shadows, pen, scanner borders
+MIN_TISSUE = 0.25  # share of a cell that must be tissue for it to be scored
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 STRIDES = (32, 48, 96)  # cell sides in model pixels a map offers
 BLOCK_PX = 512  # model pixels of cells per block side: one read of about 600 x 600 px

@@ -20,7 +20,7 @@ import pandas as pd
 from pcam_core.atomic import atomic_write, write_text
 from pcam_core.pack import cache_dir_for
 from pcam_core.runs import alive, checkpoint_file, read_json
-from pcam_core.slide import Grid
+from pcam_core.slide import MIN_TISSUE, Grid
 
 STATES = ("running", "stopped", "failed", "finished")
 
@@ -32,7 +32,7 @@ class MapSettings:
     stride: int = 32
     tta: int = 1
     mpp: float | None = None  # the user's scale for the slide, overriding its metadata
-    min_tissue: float = 0.25
+    min_tissue: float = MIN_TISSUE
     precision: str = "fp32"  # as run: "bf16" or "fp32"
 
 

@@ -37,13 +37,12 @@ from pcam_core.infer import TTA_VIEWS, Progress, autocast_dtype, predict_rows
 from pcam_core.models import Classifier, load, resolve_device
 from pcam_core.pack import main_script_hidden, pool_context
 from pcam_core.runs import checkpoint_file, read_json
-from pcam_core.slide import PCAM_MPP, STRIDES, Grid, Slide, open_slide, read_block, tissue_mask
+from pcam_core.slide import MIN_TISSUE, PCAM_MPP, STRIDES, Grid, Slide, open_slide, read_block, tissue_mask
 from pcam_core.slide_cache import MapSettings, SlideMap, load_map, map_dir, save_arrays, write_meta
 from pcam_core.slide_export import write_outputs
 
 log = logging.getLogger(__name__)
 
-MIN_TISSUE = 0.25  # share of a cell that must be tissue for it to be scored
 CHUNK_CELLS = 2048  # cells scored between two saves of the partial map
 
 
