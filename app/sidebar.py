@@ -93,9 +93,8 @@ def dataset_picker() -> tuple[PatchStore, str]:
         typed = st.sidebar.text_input("Folder", key="dataset_folder", **KEPT,
                                       placeholder="/data/histopathologic-cancer-detection",
                                       help="A Kaggle folder (train/, train_labels.csv), a PCam HDF5 "
-                                           "folder or a folder of images. Its files are only read; the "
-                                           "decoded cache goes in .pcam_cache/ inside it when the folder "
-                                           "is writable, else under ~/.cache/pcam-review "
+                                           "folder or a folder of images. Nothing is written inside it: "
+                                           "the decoded cache goes under ~/.cache/pcam-review "
                                            "(PCAM_CACHE_DIR chooses another place). The summary below "
                                            "names it.")
         if not typed.strip():

@@ -1,7 +1,6 @@
 """The uint8 patch cache: a folder of image files decoded once, in parallel, into a memory-mapped .npy.
 
-Layout of a cache folder (`<data>/.pcam_cache/pack/`, or under the user's cache dir when the data
-folder is read-only, or under $PCAM_CACHE_DIR):
+Layout of a cache folder (`cache_dir_for(data)/pack/`, outside the data folder):
 
     images.npy      (rows, 96, 96, 3) uint8, memory-mapped; a bad file leaves its row unused
     index.parquet   id, split, label, row: one line per good patch, in store order
@@ -87,13 +86,17 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def cache_dir_for(root: Path) -> Path:
-    """Where the caches of dataset `root` live: $PCAM_CACHE_DIR, beside the data, or the user's cache."""
+    """Where the caches of dataset `root` live: $PCAM_CACHE_DIR/<tag>, else the user's cache
+    ($XDG_CACHE_HOME or ~/.cache)/pcam-review/<tag>; <tag> is the folder's name and a hash of its path.
+
+    A data folder is only read: nothing is written inside it. A `.pcam_cache/` that an earlier version
+    wrote there is still used, so an upgrade does not decode the data again.
+    """
     root = Path(root).resolve()
     tag = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
     if os.environ.get("PCAM_CACHE_DIR"):
         return Path(os.environ["PCAM_CACHE_DIR"]) / tag
-    # Root passes os.access on any folder: also honour a folder whose write bits are all off.
-    if os.access(root, os.W_OK) and root.stat().st_mode & 0o222:
+    if (root / ".pcam_cache").is_dir():
         return root / ".pcam_cache"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "pcam-review" / tag

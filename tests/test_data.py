@@ -145,6 +145,22 @@ def test_cache_is_reused_then_rebuilt_when_the_listing_changes(demo_dir, tmp_pat
     assert pack(data, force=True)["reused"] is False
 
 
+def test_pack_writes_nothing_inside_the_data_folder(demo_dir, tmp_path, monkeypatch):
+    data = kaggle_copy(demo_dir, tmp_path)
+    before = sorted(p.relative_to(data) for p in data.rglob("*"))
+    monkeypatch.delenv("PCAM_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))
+    store = open_dataset(data)
+    assert len(store) == 660
+    assert sorted(p.relative_to(data) for p in data.rglob("*")) == before, "the data folder is only read"
+    assert Path(store.cache_dir).is_relative_to(tmp_path / "home-cache" / "pcam-review")
+    # a cache an earlier version wrote inside the folder is still used, not decoded again
+    legacy = data / ".pcam_cache"
+    shutil.move(Path(store.cache_dir), legacy)
+    assert cache_dir_for(data) == legacy
+    assert pack(data)["reused"]
+
+
 def test_interrupted_pack_leaves_no_cache_that_reads_as_complete(demo_dir, tmp_path):
     data = kaggle_copy(demo_dir, tmp_path)
     cache = cache_dir_for(data)
