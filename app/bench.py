@@ -1,14 +1,17 @@
-"""`python -m app.bench --data DIR`: how long the Browse and Explore pages take to render.
+"""`python -m app.bench --data DIR [--run RUN_DIR]`: how long the pages take to render.
 
 Measured the way the tests drive the app (Streamlit's AppTest, in process, no browser), so a time is a
 whole script run: the sidebar plus the page, as after a click. The first run after switching to a
-page is reported apart from the median of the reruns that follow.
+page is reported apart from the median of the reruns that follow. With `--run` (a run trained on DIR),
+the reviewer's steps with a model: Browse the first time the model is used (its predictions not yet on
+disk), a reload (a new session, predictions cached), the first Inspect, a filter change and 96 per page.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -59,17 +62,64 @@ def toggle_split(at: AppTest) -> float:
     return timed(at)
 
 
+def with_model(run: Path, repeats: int) -> list[tuple[str, float]]:
+    """The steps of issue 15's item 9, with the run's model chosen (it is the only run)."""
+    from pcam_core import data
+
+    store = data.open_dataset(os.environ["PCAM_DATA"])
+    shutil.rmtree(Path(store.cache_dir) / "predictions", ignore_errors=True)
+    rows = []
+    at = AppTest.from_file(str(ENTRY), default_timeout=900)
+    at.run()
+    at.switch_page("views/browse.py")
+    rows.append(("Browse: first render with a model, its predictions not yet computed", timed(at)))
+    deadline = time.perf_counter() + 600
+    while not list((Path(store.cache_dir) / "predictions").glob("train-*")):  # the split scored, on disk
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the split was never scored")
+        time.sleep(0.5)
+    rows.append(("Browse: rerun once the split is scored", timed(at)))
+    fresh = AppTest.from_file(str(ENTRY), default_timeout=900)  # a reload: a new session, same server
+    fresh.run()
+    fresh.switch_page("views/browse.py")
+    rows.append(("Browse: reload (a new session; predictions on disk)", timed(fresh)))
+    rows.append((f"Browse: change the outcome filter (median of {repeats})",
+                 statistics.median(toggle(fresh, "browse_outcome", "false negative", "any")
+                                   for _ in range(repeats))))
+    fresh.segmented_control(key="browse_size").set_value(96)
+    rows.append(("Browse: 96 per page", timed(fresh)))
+    fresh.session_state["inspect_index"] = 1
+    fresh.switch_page("views/inspect.py")
+    rows.append(("Inspect: first render (8 views, Grad-CAM)", timed(fresh)))
+    fresh.button(key="inspect_next").click()
+    rows.append(("Inspect: next patch", timed(fresh)))
+    return rows
+
+
+def toggle(at: AppTest, key: str, one, other) -> float:
+    box = at.selectbox(key=key)
+    box.set_value(one if box.value != one else other)
+    return timed(at)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="dataset folder (packed beforehand)")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--run", type=Path, help="a run trained on --data: also time the steps with its model")
     args = p.parse_args()
     os.environ["PCAM_DATA"] = str(args.data.resolve())
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ.setdefault("PCAM_RUNS_DIR", str(Path(tmp) / "runs"))
         os.environ["PCAM_REVIEW_DB"] = str(Path(tmp) / "reviews.sqlite")
-        rows = measure("browse", {"next page of 48": next_page, "label filter": toggle_label}, args.repeats)
-        rows += measure("eda", {"split filter": toggle_split}, args.repeats)
+        if args.run:
+            os.environ["PCAM_RUNS_DIR"] = str(Path(tmp) / "runs")
+            shutil.copytree(args.run, Path(tmp) / "runs" / args.run.name)
+            rows = with_model(Path(tmp) / "runs" / args.run.name, args.repeats)
+        else:
+            os.environ.setdefault("PCAM_RUNS_DIR", str(Path(tmp) / "runs"))
+            rows = measure("browse", {"next page of 48": next_page, "label filter": toggle_label},
+                           args.repeats)
+            rows += measure("eda", {"split filter": toggle_split}, args.repeats)
     print("| measurement | seconds |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.3f} |")

@@ -10,9 +10,10 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pcam_core, when run from any folder
 
-from app import sidebar  # noqa: E402
+from app import sidebar, ui  # noqa: E402
 
 st.set_page_config(page_title="PCam Review", page_icon=":material/biotech:", layout="wide")
+ui.warm_up()
 page = st.navigation({
     "Data": [
         st.Page("views/data.py", title="Dataset", icon=":material/folder_open:", default=True),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM, Score
 from torch import nn
 
 from pcam_core.geometry import CENTRE, PATCH, as_patches
-from pcam_core.models import Classifier, cam_target_layer
+from pcam_core.models import BaseCNN, Classifier, cam_target_layer
 from pcam_core.transforms import to_model_input
 
 
@@ -83,14 +84,78 @@ def layer_names(model: nn.Module, crop: int = PATCH) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@dataclass(frozen=True)
+class CamLayer:
+    """A layer a CAM can be taken from, as a person would pick it: `label` is "block 5 · 6 x 6" (the map's
+    cells across the patch), `name` the module's name for `compute_cams(layer=...)`."""
+
+    name: str
+    label: str
+    side: int
+
+
+def cam_layers(model: nn.Module, crop: int = PATCH) -> list[CamLayer]:
+    """The model's stages whose output is a feature map of at least 2 x 2 cells, shallowest first.
+
+    One per stage, since the layers inside a stage share its cells: base_cnn's three conv + ReLU outputs;
+    for timm's EfficientNet/MobileNet family the stem, each of `blocks`, and the head conv (all after
+    their activation); for other timm models the stages of `feature_info`. Pooling, dropout, flatten and
+    the classifier are never offered: their output has no spatial layout to map.
+    """
+    if isinstance(model, BaseCNN):
+        named = [(f"features.{i}", f"conv {n + 1}")
+                 for n, i in enumerate(i for i, m in enumerate(model.features) if isinstance(m, nn.ReLU))]
+    elif isinstance(getattr(model, "blocks", None), nn.Sequential):
+        stem = "bn1" if hasattr(model, "bn1") else "conv_stem"
+        head = "bn2" if hasattr(model, "bn2") else "conv_head"
+        named = [(stem, "stem"), *((f"blocks.{i}", f"block {i + 1}") for i in range(len(model.blocks))),
+                 (head, "head conv")]
+    elif getattr(model, "feature_info", None):
+        named = [(f["module"], f"stage {i + 1}") for i, f in enumerate(model.feature_info)]
+    else:
+        named = [(name, f"conv {i + 1}") for i, (name, _) in enumerate(
+            (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))]
+    sides = _output_sides(model, [name for name, _ in named if _has(model, name)], crop)
+    return [CamLayer(name, f"{label} · {sides[name]} x {sides[name]}", sides[name])
+            for name, label in named if sides.get(name, 0) >= 2]
+
+
+def _has(model: nn.Module, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _output_sides(model: nn.Module, names: list[str], crop: int) -> dict[str, int]:
+    """Height of each named module's output on a crop x crop input (square inputs give square maps)."""
+    sides: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                sides.setdefault(name, int(output.shape[-2]))
+        return hook
+
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sides
+
+
 def _target_layer(model: nn.Module, layer: str | None, crop: int) -> nn.Module:
     if layer is None:
         return cam_target_layer(model)
     valid = layer_names(model, crop)
     if layer not in valid:
-        shown = ", ".join(valid[-12:])
-        raise ValueError(f"layer {layer!r} is not a feature-map layer of this model; the last ones are: "
-                         f"{shown}")
+        offered = ", ".join(f"{c.name} ({c.label})" for c in cam_layers(model, crop))
+        raise ValueError(f"layer {layer!r} is not a feature-map layer of this model; its stages are: "
+                         f"{offered}")
     return model.get_submodule(layer)
 
 
@@ -103,7 +168,8 @@ def compute_cams(classifier: Classifier, images: np.ndarray, method: str = "grad
         classifier: a `models.Classifier` (its normalisation and crop are used).
         images: (N, 96, 96, 3) uint8, e.g. `store.batch(indices)`.
         method: a key of METHODS.
-        layer: a name from `layer_names(classifier.module)`; None picks the architecture's default.
+        layer: a module name, e.g. a `cam_layers(classifier.module)` entry's `name` (any module with a
+            feature-map output works); None picks the architecture's default (`models.cam_target_layer`).
         target: "tumour" explains the logit, "normal" its negation.
         batch_size: patches per CAM pass (default: 32 on CPU, 256 on CUDA).
 

@@ -162,6 +162,24 @@ def _cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, p
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
+def _cache_path(checkpoints: Sequence[str | Path], store, split: str, tta: int, device: str,
+                precision: str) -> Path:
+    dtype = autocast_dtype(precision, resolve_device(device))
+    key = _cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")
+    return Path(store.cache_dir) / "predictions" / f"{split}-tta{tta}-{key}.parquet"
+
+
+def cached_predictions(checkpoints: Sequence[str | Path], store, split: str, tta: int = 1,
+                       device: str = "auto", precision: str = "auto") -> pd.DataFrame | None:
+    """The table `predictions_table` would return, when it is already on disk; else None (nothing is
+    predicted)."""
+    path = _cache_path(checkpoints, store, split, tta, device, precision)
+    try:
+        return pd.read_parquet(path) if path.is_file() else None
+    except (OSError, ValueError):  # a cache being replaced or damaged: predict afresh
+        return None
+
+
 def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta: int = 1,
                       device: str = "auto",
                       batch_size: int | None = None, precision: str = "auto",
@@ -185,9 +203,7 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
     view_indices(tta)
     _check_batch_size(batch_size)  # before the cache: a bad option fails even when nothing is predicted
     indices = holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
-    dtype = autocast_dtype(precision, resolve_device(device))
-    key = _cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")
-    path = Path(store.cache_dir) / "predictions" / f"{split}-tta{tta}-{key}.parquet"
+    path = _cache_path(checkpoints, store, split, tta, device, precision)
     if path.is_file():
         log.debug("predictions from cache %s", path)
         return pd.read_parquet(path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ def with_model(trained_runs, monkeypatch) -> Path:
 
 
 @pytest.fixture
+def scored():
+    return until_scored
+
+
+@pytest.fixture
+def scoring_of():
+    return scoring_text
+
+
+@pytest.fixture
 def page_text():
     return text_of
 
@@ -63,6 +74,23 @@ def open_page(page: str | None = None, reviewer: str = "") -> AppTest:
         at.text_input(key="reviewer").input(reviewer).run()
     if page:
         at.switch_page(f"views/{page}.py").run()
+    return at
+
+
+def scoring_text(at: AppTest) -> str:
+    """The text of a "Scoring all ..." progress bar on the page (a split scored in the background)."""
+    return " ".join(bar.proto.text for bar in at.get("progress") if bar.proto.text.startswith("Scoring all"))
+
+
+def until_scored(at: AppTest, timeout: float = 120) -> AppTest:
+    """Reruns the page until no split is being scored in the background, as the page's own timer would."""
+    deadline = time.monotonic() + timeout
+    at.run()
+    while scoring_text(at):
+        assert time.monotonic() < deadline, f"still scoring after {timeout} s: {scoring_text(at)}"
+        time.sleep(0.2)
+        at.run()
+    assert not at.exception, at.exception
     return at
 
 

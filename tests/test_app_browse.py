@@ -1,6 +1,8 @@
 """The Browse page: the grid, its filters and sorts, the review queue, and opening a patch in Inspect."""
 
-from pcam_core import review
+import threading
+
+from pcam_core import infer, review
 from pcam_core.data import open_dataset
 from pcam_core.infer import predictions_table
 from pcam_core.review import ReviewStore
@@ -33,9 +35,9 @@ def test_browse_without_a_model_pages_through_the_split(open_app, page_text):
     assert "of 60 test patches" in page_text(at)
 
 
-def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text, demo_dir, tmp_path):
-    at = open_app("browse")
-    assert not at.exception
+def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text, demo_dir, tmp_path,
+                                                      scored):
+    at = scored(open_app("browse"))
     at.selectbox(key="browse_sort").set_value("probability, high first").run()
     assert not at.exception
     probs = [p for _, p in tiles(at)]
@@ -66,3 +68,33 @@ def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):
     assert at.title[0].value == "Inspect"
     assert at.session_state["inspect_index"] == index
     assert "Patch 3 of 600 in the current filter" in page_text(at)
+
+
+def test_browse_shows_its_first_page_while_the_split_is_scored(open_app, with_model, page_text, demo_dir,
+                                                                monkeypatch, scored, scoring_of):
+    release, real = threading.Event(), infer.predictions_table
+
+    def held(*args, **kwargs):  # the whole split takes as long as the test wants
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "predictions_table", held)
+    at = open_app()
+    at.selectbox(key="tta").set_value(2).run()  # views no other test scores: nothing is on disk yet
+    at.switch_page("views/browse.py").run()
+    assert not at.exception
+    assert "Scoring all 600 train patches" in scoring_of(at)
+    first = tiles(at)  # the first page is there, each tile with its probability
+    assert len(first) == 48
+    assert "browse_sort" not in [box.key for box in at.selectbox]  # the model's filters wait for the split
+    at.toggle(key="browse_queue").set_value(True).run()  # the queue needs every patch scored: it waits
+    assert not at.image and "need every patch scored" in page_text(at)
+    at.toggle(key="browse_queue").set_value(False).run()
+
+    release.set()
+    at = scored(at)
+    table = real([with_model], open_dataset(demo_dir), "train", tta=2)
+    assert first == [("T" if label == 1 else "N", round(p, 3))
+                     for label, p in zip(table["label"].head(48), table["prob"].head(48), strict=True)]
+    at.selectbox(key="browse_sort").set_value("probability, high first").run()
+    assert not at.exception and len(tiles(at)) == 48

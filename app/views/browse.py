@@ -10,6 +10,11 @@ SORTS = {"dataset order": None, "probability, high first": ("prob", False),
          "uncertainty, high first": ("priority", False)}
 
 
+# the choices that need the whole split scored, at their "no choice" value
+MODEL_CHOICES = {"browse_pred": "any", "browse_outcome": "any", "browse_prob": (0.0, 1.0),
+                 "browse_priority": 0.0, "browse_sort": "dataset order"}
+
+
 def first_page() -> None:
     st.session_state["browse_page"] = 1
 
@@ -35,10 +40,25 @@ queue = row[3].toggle("Review queue", key="browse_queue", **keep,
                       help="Unreviewed first, then the patches the model is least sure of or whose "
                            "views disagree.")
 
-preds = ui.predictions(store, [ctx.run] if ctx.run else [], split, ctx.tta)
+preds, scoring = ui.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 has_preds = preds is not None
+
+
+@st.fragment(run_every=1.0)
+def scoring_progress(job: ui.BackgroundScoring) -> None:
+    """While the split is scored in the background: its progress, then a rerun of the page."""
+    if job.running:
+        share = job.done / job.total if job.total else 0.0
+        st.progress(share, text=f"Scoring all {job.total or len(table):,} {job.split} patches for the "
+                                f"model's filters and sorts: {job.done:,} done")
+    elif job.error:
+        st.error(f"Scoring the {job.split} patches failed: {job.error}")
+    else:
+        st.rerun()
+
+
 predicted, outcome, low, high, min_priority, sort = "any", "any", 0.0, 1.0, 0.0, "dataset order"
 if has_preds:
     row = st.columns([1, 1, 2, 1, 1])
@@ -49,6 +69,14 @@ if has_preds:
     min_priority = row[3].slider("Min. uncertainty", 0.0, 2.0, 0.0, 0.05, key="browse_priority", **keep,
                                  help="Doubt (1 at p = 0.5) plus twice the TTA spread.")
     sort = row[4].selectbox("Sort", list(SORTS), key="browse_sort", disabled=queue, **keep)
+elif scoring is not None:
+    scoring_progress(scoring)
+    asked = {key: st.session_state.get(key, default) for key, default in MODEL_CHOICES.items()}
+    if queue or verdict == "differs from the model" or any(
+            (tuple(v) if isinstance(v, list) else v) != MODEL_CHOICES[k] for k, v in asked.items()):
+        st.info("The review queue and the model's filters and sorts need every patch scored: the grid "
+                "follows as soon as that is done.")
+        st.stop()
 else:
     st.info("Choose a trained model in the sidebar to filter and sort by its predictions "
             "(train one on the Train page).")
@@ -66,12 +94,17 @@ start = (min(page, pages) - 1) * size
 row[2].markdown(f"**{len(shown):,}** of {len(table):,} {split} patches match; "
                 f"page {min(page, pages)} of {pages}."
                 + " T / N: the given label (tumour, normal)."
-                + (f" p: P(tumour), mean of {ctx.tta} view{'s' * (ctx.tta > 1)}." if has_preds else ""))
+                + (f" p: P(tumour), mean of {ctx.tta} view{'s' * (ctx.tta > 1)}."
+                   if ctx.run is not None else ""))
 
 if shown.empty:
     st.warning("No patch matches these filters.")
     st.stop()
 tiles = shown.iloc[start:start + size]
+if scoring is not None:  # the page's own patches, scored now with the model the app holds
+    run, mtime = ui.model_key(ctx.run)
+    tiles = tiles.merge(ui.page_predictions(run, mtime, store, store.fingerprint,
+                                            tuple(tiles["index"].tolist()), ctx.tta), on="index")
 chosen = ui.patch_grid(store, tiles["index"].to_numpy(), ui.tile_captions(tiles),
                        columns=12 if size == 96 else 8, button_key="browse_inspect")
 if chosen is not None:
