@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app import images, ui
-from pcam_core.cam import METHODS, TARGETS, centre_focus, overlay
+from pcam_core.cam import METHODS, TARGETS, centre_focus, empty_reason, overlay
 from pcam_core.infer import view_indices
 
 SCALE = 4  # 96 px -> 384 px on screen
@@ -60,9 +60,18 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
                                    "separate spots. eigencam: the main pattern of the activations, "
                                    "no gradients. layercam: gradients pixel by pixel, finer maps. "
                                    "scorecam: masks the patch and watches P change (slow on CPU).")
-        layers = ui.cam_layers(run, mtime)
-        layer = st.selectbox("Layer", [None, *reversed(layers[-12:])], key=f"{key}_layer",
-                             format_func=lambda name: "default (last conv block)" if name is None else name)
+        layers, default = ui.cam_layers(run, mtime)
+        labels = {layer.name: layer.label for layer in layers}
+        names = list(labels)
+        if st.session_state.get(f"{key}_layer") not in names:  # another model's layer, or none yet
+            st.session_state[f"{key}_layer"] = default if default in names else names[-1]
+        marked = {name: label + (" (default)" if name == default else "") for name, label in labels.items()}
+        layer = st.selectbox("Layer", names, key=f"{key}_layer", format_func=marked.get,
+                             help="Where in the network the map is taken. 6 x 6 means the map has 6 x 6 "
+                                  "cells across the model's input: early blocks have many small cells and "
+                                  "see simple features (stain, edges), late blocks few large cells and see "
+                                  "what the decision rests on. The default was chosen by how well its maps "
+                                  "point at known tumour (BENCHMARKS.md).")
         target = st.selectbox("Explain", TARGETS, key=f"{key}_target")
         try:
             cam = ui.cam_map(run, mtime, rgb, method, layer, target)
@@ -74,7 +83,7 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
                   help="Share of the CAM's mass inside the centre 32x32 (a uniform map gives 11%). The label "
                        "depends on the centre only, so a low share means the model looks at context.")
         if np.isnan(focus):
-            st.caption("The map is empty: nothing in this patch pushes the model towards the target.")
+            st.caption(f"The map is empty: {empty_reason(method, target)}")
     with image_col:
         cam_view(rgb, cam, key)
     return float(used.mean())

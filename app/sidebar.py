@@ -164,11 +164,12 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
             (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
 
     def label(run_id: str) -> str:
+        """The AUC first, then the run's name: a long name is cut at the sidebar's edge, not the AUC."""
         if run_id == NO_MODEL:
             return run_id
         auc, row = table["best_auc"].get(run_id), table.loc[run_id]
-        text = run_id if pd.isna(auc) else f"{run_id} · AUC {auc:.3f}"
-        return text if row["data"] == dataset_key else f"{text} · trained on {row['dataset']}"
+        text = run_id if pd.isna(auc) else f"AUC {auc:.3f} · {run_id}"
+        return text if row["data"] == dataset_key else f"({row['dataset']}) {text}"
 
     choice = st.sidebar.selectbox("Model", options, key="model_choice", format_func=label,
                                   persist_state="session",
@@ -180,6 +181,11 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
         st.query_params["model"] = choice
     elif "model" in st.query_params:
         del st.query_params["model"]
+    if choice != NO_MODEL:  # the whole of what the option names, in lines that wrap
+        row = table.loc[choice]
+        auc = "" if pd.isna(row["best_auc"]) else f", best validation AUC {row['best_auc']:.3f}"
+        st.sidebar.caption(f"{choice}: {row['model']}, {row['epoch']} of {row['epochs']} epochs on "
+                           f"{row['dataset']}{auc} ({row['state']})")
     if choice == NO_MODEL:
         training = registry["run_id"][registry["state"].isin(runs.ACTIVE_STATES)]
         if len(training):

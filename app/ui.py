@@ -24,6 +24,7 @@ from pcam_core.data import PatchStore
 from pcam_core.review import COLUMNS, ReviewStore
 
 if TYPE_CHECKING:  # for the annotations only: importing models here would import torch at app start
+    from pcam_core import cam
     from pcam_core.models import Classifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,12 +249,14 @@ def cam_map(run: str, mtime: float, image: np.ndarray, method: str, layer: str |
 
 
 @st.cache_data(max_entries=16)
-def cam_layers(run: str, mtime: float) -> list[str]:
-    """The feature-map layers a CAM can target, deepest last."""
+def cam_layers(run: str, mtime: float) -> tuple[list[cam.CamLayer], str]:
+    """The layers a CAM can be taken from, shallowest first (`cam.cam_layers`), and the default's name."""
     from pcam_core import cam
 
     classifier = load_model(run, mtime)
-    return cam.layer_names(classifier.module, classifier.crop)
+    with MODEL_IN_USE:
+        return (cam.cam_layers(classifier.module, classifier.crop),
+                cam.default_layer(classifier.module, classifier.crop))
 
 
 def model_key(run: Path) -> tuple[str, float]:

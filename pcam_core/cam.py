@@ -120,6 +120,30 @@ def cam_layers(model: nn.Module, crop: int = PATCH) -> list[CamLayer]:
             for name, label in named if sides.get(name, 0) >= 2]
 
 
+def default_layer(model: nn.Module, crop: int = PATCH) -> str:
+    """The module name of the architecture's default CAM layer (`models.cam_target_layer`)."""
+    target = cam_target_layer(model)
+    return next(name for name, module in model.named_modules() if module is target)
+
+
+EMPTY_REASONS = {
+    "gradcam": "no feature at this layer pushes the model towards {target}: Grad-CAM keeps only the "
+               "positive evidence. Try Explain: {other}, or another layer.",
+    "gradcam++": "no feature at this layer pushes the model towards {target}: Grad-CAM++ keeps only the "
+                 "positive evidence. Try Explain: {other}, or another layer.",
+    "layercam": "no cell of this layer has both positive activations and positive gradients towards "
+                "{target}. Try Explain: {other}, or another layer.",
+    "eigencam": "this layer's activations are the same all over the patch: they have no main pattern.",
+    "scorecam": "masking no part of the patch raises the {target} score.",
+}
+
+
+def empty_reason(method: str, target: str) -> str:
+    """Why a map of `method` came out empty (all zeros), in words for the page."""
+    other = TARGETS[1 - TARGETS.index(target)]
+    return EMPTY_REASONS[method].format(target=target, other=other)
+
+
 def _has(model: nn.Module, name: str) -> bool:
     try:
         model.get_submodule(name)

@@ -26,3 +26,12 @@ def test_a_picked_model_is_in_the_url_and_comes_back_after_a_reload(open_app, wi
     reloaded.run()
     assert not reloaded.exception
     assert reloaded.selectbox(key="model_choice").value == NO_MODEL  # not the default "tiny"
+
+
+def test_the_model_menu_puts_the_auc_before_the_name_and_says_the_rest_below(open_app, with_model):
+    at = open_app()
+    box = at.sidebar.selectbox(key="model_choice")
+    shown = box.format_func(box.value)
+    assert shown.startswith("AUC 0.") and shown.endswith("· tiny")  # a long name is cut, not the AUC
+    details = " ".join(c.value for c in at.sidebar.caption)
+    assert "tiny: base_cnn, 2 of 2 epochs on demo, best validation AUC " + shown[4:9] in details

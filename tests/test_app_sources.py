@@ -80,7 +80,7 @@ def test_a_model_of_another_dataset_is_marked_not_the_default_and_warned_about(o
     at = open_app()
     box = at.sidebar.selectbox(key="model_choice")
     assert box.value == "(no model)"  # the demo-trained model is offered, never chosen for the reviewer
-    assert any(o.startswith("tiny") and o.endswith("trained on demo") for o in box.options), box.options
+    assert any(o.startswith("(demo) AUC") and o.endswith("· tiny") for o in box.options), box.options
     box.set_value("tiny").run()
     for page in ("browse", "inspect", "evaluate"):
         at.switch_page(f"views/{page}.py").run()
