@@ -190,7 +190,7 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
         training = registry["run_id"][registry["state"].isin(runs.ACTIVE_STATES)]
         if len(training):
             st.sidebar.caption(f"{training.iloc[0]} is training (see the Train page); it is used here "
-                               "as soon as it finishes.")
+                               "from the end of its first epoch.")
         return None, ""
     return Path(table.loc[choice, "path"]), table.loc[choice, "data"]
 

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -182,24 +183,53 @@ def make_demo(
     return summary
 
 
-def _write_demo(out: Path, n_train: int, n_test: int, seed: int, progress) -> dict:
+CHUNK = 250  # patches per worker task
+
+
+def _write_chunk(job: tuple[Path, str, int, int, int]) -> tuple[int, list[tuple[str, int]], list[np.ndarray]]:
+    """Writes patches start..stop of a split; each has its own seed, so the split is the same in any
+    order. Returns (start, [(id, label)], [packed mask bits])."""
+    folder, split, seed, start, stop = job
     kinds, weights = list(KINDS), np.array(list(KINDS.values()))
+    rows, bits = [], []
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, split == "test", i])
+        image, mask = make_patch(rng, kinds[rng.choice(len(kinds), p=weights)])
+        pid = patch_id(seed, split, i)
+        tifffile.imwrite(folder / f"{pid}.tif", image, photometric="rgb")
+        rows.append((pid, int(mask[CENTRE, CENTRE].any())))
+        bits.append(np.packbits(mask.reshape(-1)))
+    return start, rows, bits
+
+
+def _write_demo(out: Path, n_train: int, n_test: int, seed: int, progress) -> dict:
+    """The patches in chunks over the machine's cores (`pack`'s process pool rules)."""
+    from pcam_core.pack import main_script_hidden, pool_context
+
     ids, bits, rows = [], [], {"train": [], "test": []}
-    total, done = n_train + n_test, 0
+    jobs = []
     for split, n in (("train", n_train), ("test", n_test)):
-        folder = out / split
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            rng = np.random.default_rng([seed, split == "test", i])
-            image, mask = make_patch(rng, kinds[rng.choice(len(kinds), p=weights)])
-            pid = patch_id(seed, split, i)
-            tifffile.imwrite(folder / f"{pid}.tif", image, photometric="rgb")
-            rows[split].append((pid, int(mask[CENTRE, CENTRE].any())))
-            ids.append(pid)
-            bits.append(np.packbits(mask.reshape(-1)))
-            done += 1
-            if progress and (done % 250 == 0 or done == total):
-                progress(done, total)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        jobs += [(out / split, split, seed, start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
+    total, done, results = n_train + n_test, 0, {}
+    workers = min(os.cpu_count() or 1, len(jobs))
+    with main_script_hidden(), ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
+        futures = {pool.submit(_write_chunk, job): job for job in jobs}
+        try:
+            for future in as_completed(futures):
+                job = futures[future]
+                results[job[1], job[3]] = future.result()
+                done += job[4] - job[3]
+                if progress:
+                    progress(done, total)
+        except BaseException:  # Ctrl-C: drop the queued chunks; make_demo removes the folder
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    for job in jobs:  # in order: the CSVs and masks list the patches as before
+        _, chunk_rows, chunk_bits = results[job[1], job[3]]
+        rows[job[1]] += chunk_rows
+        ids += [pid for pid, _ in chunk_rows]
+        bits += chunk_bits
     pd.DataFrame(rows["train"], columns=["id", "label"]).to_csv(out / "train_labels.csv", index=False)
     pd.DataFrame({"id": [r[0] for r in rows["test"]], "label": 0}).to_csv(
         out / "sample_submission.csv", index=False
