@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pcam_core import cli_predict, cli_slide
+from pcam_core import cli_crossval, cli_predict, cli_slide
 from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, rank
 
 
@@ -63,19 +63,23 @@ def cmd_pack(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
+def train_config(args: argparse.Namespace):
+    """The TrainConfig the command line gave (only the flags given; the rest keep their defaults)."""
     from pcam_core.config import TrainConfig
-    from pcam_core.train import fit
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.field_help() and v is not None}
-    extra = sorted(set(given) - {"resume", "device", "threads"}) if args.resume else []
+    extra = sorted(set(given) - {"resume", "device", "threads"}) if given.get("resume") else []
     if extra:
         extra = ", ".join(f"--{k.replace('_', '-')}" for k in extra)
         raise ValueError(f"--resume continues the run's saved config; drop {extra}")
-    cfg = TrainConfig(**given)
+    return TrainConfig(**given)
+
+
+def stop_on_signals():
+    """A threading.Event set by SIGTERM or Ctrl-C: the run then saves a resumable last.pt and ends."""
+    import signal
+    import threading
+
     stop = threading.Event()
     trainer = os.getpid()
 
@@ -87,10 +91,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, request_stop)
+    return stop
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pcam_core.train import fit
+
+    cfg = train_config(args)
+    show_training(fit(cfg, stop_on_signals()), cfg.epochs if not cfg.resume else None)
+    return 0
+
+
+def show_training(events, epochs: int | None) -> None:
+    """Prints train's events: a line at the start, a progress bar per epoch, a line per epoch and at the end
+    (on rank 0 only under torchrun)."""
     show = os.environ.get("RANK", "0") == "0"
     bar = None
     try:
-        for event in fit(cfg, stop):
+        for event in events:
             kind = event["type"]
             if not show:
                 continue
@@ -102,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 if bar is None:
                     done = event["step"] - 1 - event["epoch"] * event["steps_per_epoch"]
                     bar = tqdm(total=event["steps_per_epoch"], initial=done, unit="step", dynamic_ncols=True,
-                               desc=f"epoch {event['epoch'] + 1}/{cfg.epochs if not cfg.resume else '-'}")
+                               desc=f"epoch {event['epoch'] + 1}/{epochs or '-'}")
                 bar.update(1)
                 bar.set_postfix(loss=f"{event['loss']:.3f}", img_s=f"{event['img_per_s']:.0f}")
             elif kind in ("epoch", "stopped", "finished", "failed") and bar is not None:
@@ -120,19 +138,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
-    return 0
 
 
 def _add_train_parser(sub) -> None:
+    s = sub.add_parser("train", help="train a model into a run folder (config, status, metrics, checkpoints)")
+    add_train_flags(s)
+    s.set_defaults(func=cmd_train)
+
+
+def add_train_flags(s, leave_out: tuple[str, ...] = ()) -> None:
+    """A flag per TrainConfig field but `leave_out`, defaulting to None (`train_config` keeps those given)."""
     from dataclasses import fields
 
     from pcam_core.config import FINETUNE, PRECISIONS, SCHEDULES, TrainConfig
 
-    s = sub.add_parser("train", help="train a model into a run folder (config, status, metrics, checkpoints)")
     choices = {"schedule": SCHEDULES, "finetune": FINETUNE, "precision": PRECISIONS,
                "device": ("auto", "cpu", "cuda"), "val_tta": (1, 2, 4, 8)}
     helps = TrainConfig.field_help()
     for f in fields(TrainConfig):
+        if f.name in leave_out:
+            continue
         flag, default = "--" + f.name.replace("_", "-"), f.default
         text = f"{helps[f.name]} (default: {default})"
         if isinstance(default, bool):
@@ -140,7 +165,6 @@ def _add_train_parser(sub) -> None:
         else:
             kind = type(default) if default is not None else str
             s.add_argument(flag, type=kind, choices=choices.get(f.name), default=None, help=text)
-    s.set_defaults(func=cmd_train)
 
 
 
@@ -170,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     cli_predict.add_parsers(sub)
     cli_slide.add_parsers(sub)
+    cli_crossval.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

@@ -222,8 +222,9 @@ def _write_demo(out: Path, n_train: int, n_test: int, seed: int, progress) -> di
                 done += job[4] - job[3]
                 if progress:
                     progress(done, total)
-        except BaseException:  # Ctrl-C: drop the queued chunks; make_demo removes the folder
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C: drop the queued chunks and let the running ones end (a second
+            # or two), so that nothing is written after make_demo removes the folder
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
     for job in jobs:  # in order: the CSVs and masks list the patches as before
         _, chunk_rows, chunk_bits = results[job[1], job[3]]

@@ -41,11 +41,19 @@ except ValueError as e:
     st.stop()
 
 cols = st.columns(5)
-cols[0].metric("ROC AUC", f"{head['roc_auc']:.4f}", help="Kaggle's metric.")
+cols[0].metric("ROC AUC", f"{head['roc_auc']:.4f}",
+               help="Kaggle's metric: the chance that a random tumour patch gets a higher P(tumour) than a "
+                    "random normal one (0.5 is guessing, 1 is perfect ranking).")
 cols[1].metric("95% interval", f"{head['ci'][0]:.3f} to {head['ci'][1]:.3f}",
-               help="Bootstrap, 1,000 resamples.")
-cols[2].metric("PR AUC", f"{head['pr_auc']:.4f}")
-cols[3].metric("ECE", f"{head['ece']:.3f}", help="Expected calibration error over 10 bins: 0 is perfect.")
+               help="Where the ROC AUC would fall on another set of patches like these (bootstrap, 1,000 "
+                    "resamples).")
+cols[2].metric("PR AUC", f"{head['pr_auc']:.4f}",
+               help="Area under precision (called tumour and truly tumour) against sensitivity; it drops "
+                    "where false positives crowd the tumour calls.")
+cols[3].metric("ECE", f"{head['ece']:.3f}",
+               help="Expected calibration error: how far P(tumour) is from how often tumour is really "
+                    "there. Of patches at P about 0.8, 80% should be tumour; ECE averages the gap over 10 "
+                    "bins (0 is perfect).")
 cols[4].metric("Patches", f"{len(y):,}", help=f"{int(y.sum()):,} tumour")
 
 threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="eval_threshold",
