@@ -52,7 +52,9 @@ def review_store() -> ReviewStore:
 
 
 def review_db() -> str:
-    return os.environ.get("PCAM_REVIEW_DB") or str(REPO / "models" / "reviews.sqlite")
+    from pcam_core.review import default_db
+
+    return default_db()
 
 
 def verdict_history(dataset_key: str, patch_id: str | None = None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pcam_core import cli_crossval, cli_predict, cli_slide
+from pcam_core import cli_labels, cli_predict, cli_slide
 from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, rank
 
 
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     cli_predict.add_parsers(sub)
     cli_slide.add_parsers(sub)
-    cli_crossval.add_parsers(sub)
+    cli_labels.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

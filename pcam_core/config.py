@@ -31,6 +31,10 @@ class TrainConfig:
         warmup_frac: share of the steps spent warming up under "onecycle".
         val_frac: stratified share held out for validation when the data has no valid split.
         val_ids: CSV with an `id` column naming the validation patches (overrides val_frac).
+        labels: CSV with `id` and `label` (0 or 1) columns whose labels replace the given ones, in
+            training and validation (e.g. `reviewed-labels`' file of what the reviewers settled on).
+        exclude_ids: CSV with an `id` column: patches left out of training and validation (e.g. those the
+            reviewers could not settle).
         out: run folder; default `runs.runs_dir()`/<model>-<time>.
         resume: run folder to continue exactly where it stopped (its saved config wins).
         device: "auto", "cpu" or "cuda".
@@ -63,6 +67,8 @@ class TrainConfig:
     warmup_frac: float = 0.15
     val_frac: float = 0.1
     val_ids: str | None = None
+    labels: str | None = None
+    exclude_ids: str | None = None
     out: str | None = None
     resume: str | None = None
     device: str = "auto"

@@ -14,6 +14,7 @@ app, the command line and the tests share one definition.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -138,6 +139,12 @@ class ReviewStore:
             return self._query("SELECT * FROM verdicts WHERE dataset = ? ORDER BY seq", (dataset,))
         return self._query("SELECT * FROM verdicts WHERE dataset = ? AND patch_id = ? ORDER BY seq",
                            (dataset, str(patch_id)))
+
+
+def default_db() -> str:
+    """The verdict store the app and the CLI share: $PCAM_REVIEW_DB, else models/reviews.sqlite."""
+    return os.environ.get("PCAM_REVIEW_DB") or str(Path(__file__).resolve().parents[1] / "models" /
+                                                   "reviews.sqlite")
 
 
 def _migrate(con: sqlite3.Connection) -> None:

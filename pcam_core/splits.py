@@ -29,11 +29,13 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
     if not len(train):
         raise ValueError(f"{store.root} has no training labels: training needs train_labels.csv (Kaggle), "
                          f"the *_y.h5 files (PCam) or a labels CSV (image folder)")
+    excluded = store.index_of(_read_ids(Path(cfg.exclude_ids))) if cfg.exclude_ids else train[:0]
+    train = np.setdiff1d(train, excluded)
     if cfg.val_ids:
-        val = _listed_ids(store, Path(cfg.val_ids))
+        val = np.setdiff1d(_listed_ids(store, Path(cfg.val_ids)), excluded)
         train = np.setdiff1d(train, val)
     elif "valid" in store.split_names() and store.has_labels("valid"):
-        val = store.split_indices("valid")
+        val = np.setdiff1d(store.split_indices("valid"), excluded)
     else:
         labels = store.labels[train]
         smallest = np.bincount(labels, minlength=2).min()
@@ -53,14 +55,44 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
     return np.sort(train), np.sort(val)
 
 
-def _listed_ids(store: PatchStore, path: Path) -> np.ndarray:
-    """Store indices of the labelled patches a CSV with an `id` column names."""
+def relabelled(store: PatchStore, path: str | Path) -> tuple[np.ndarray, int]:
+    """The store's labels with those of a CSV (id, label) put in their place, and how many changed.
+
+    Raises:
+        FileNotFoundError, ValueError: no such file, a missing column, a label other than 0/1, or ids that
+            are not in the data (how many, and one of them).
+    """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"validation id list {path} not found")
+        raise FileNotFoundError(f"labels file {path} not found")
+    table = pd.read_csv(path, dtype={"id": str})
+    missing = [c for c in ("id", "label") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing} (columns: {list(table.columns)}); it needs id "
+                         f"and label")
+    bad = ~table["label"].isin([0, 1])
+    if bad.any():
+        raise ValueError(f"{path} has {int(bad.sum())} label(s) other than 0 or 1, e.g. "
+                         f"{table['label'][bad].iloc[0]!r} for {table['id'][bad].iloc[0]}")
+    labels = store.labels.copy()
+    index = store.index_of(table["id"])  # raises, naming the unknown ids
+    labels[index] = table["label"].to_numpy(np.int8)
+    return labels, int((labels != store.labels).sum())
+
+
+def _read_ids(path: Path) -> pd.Series:
+    """The `id` column of a CSV."""
+    if not path.is_file():
+        raise FileNotFoundError(f"id list {path} not found")
     table = pd.read_csv(path, dtype=str)
     if "id" not in table.columns:
         raise ValueError(f"{path} has no `id` column (columns: {list(table.columns)})")
-    val = store.index_of(table["id"])
+    return table["id"]
+
+
+def _listed_ids(store: PatchStore, path: Path) -> np.ndarray:
+    """Store indices of the labelled patches a CSV with an `id` column names."""
+    val = store.index_of(_read_ids(path))
     unlabelled = int((store.labels[val] < 0).sum())
     if unlabelled:
         raise ValueError(f"{path} names {unlabelled} unlabelled patch(es) (e.g. test ids); validation needs "

@@ -35,7 +35,7 @@ from pcam_core.metrics import loss_and_auc
 from pcam_core.models import Classifier, head_module, read_checkpoint
 from pcam_core.runs import RunFolder, new_run_dir
 from pcam_core.schedule import scheduled_lr
-from pcam_core.splits import split_train_val
+from pcam_core.splits import relabelled, split_train_val
 from pcam_core.transforms import augment_batch, to_model_input
 
 log = logging.getLogger(__name__)
@@ -231,6 +231,9 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
         torch.set_num_threads(cfg.threads)
     folder.start(cfg, completed_epochs=state["epoch"] if state else None)
     store = open_dataset(cfg.data)
+    if cfg.labels:  # this run's labels: the store is this run's own object
+        store.labels, changed = relabelled(store, cfg.labels)
+        log.info("%s changes %d label(s)", cfg.labels, changed)
     train_idx, val_idx = split_train_val(store, cfg)
     folder.save_val_ids(store.ids[val_idx])
     batch = min(cfg.batch_size, len(train_idx) // ctx.world)

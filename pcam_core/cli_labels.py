@@ -1,4 +1,5 @@
-"""`python -m pcam_core crossval` and `label-issues`: out-of-fold predictions and the likely label errors."""
+"""`python -m pcam_core crossval`, `label-issues` and `reviewed-labels`: out-of-fold predictions, the likely
+label errors, and the labels the reviewers settled on (for `train --labels`)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,34 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reviewed_labels(args: argparse.Namespace) -> int:
+    from pcam_core import agreement, review
+    from pcam_core.cli_common import open_store
+
+    store = open_store(args.data)
+    key = str(store.root.resolve())
+    settled = agreement.settled_labels(review.ReviewStore(args.db or review.default_db()).history(key))
+    known = settled["id"].isin(set(store.ids))
+    if not known.all():  # reported, not fatal: the data changed since those verdicts
+        print(f"{int((~known).sum()):,} reviewed patch(es) are no longer in {args.data}: left out")
+    settled = settled[known]
+    labels = settled[settled["label"] >= 0][["id", "label"]]
+    open_ids = settled[settled["settled"] == "conflict"][["id"]]
+    labels.to_csv(args.out, index=False)
+    counts = settled["settled"].value_counts()
+    print(f"{len(labels):,} settled labels to {args.out} ({counts.get('agreed', 0):,} agreed, "
+          f"{counts.get('majority', 0):,} by majority; {counts.get('unsure', 0):,} only unsure, left as "
+          f"given)")
+    if args.exclude_out:
+        open_ids.to_csv(args.exclude_out, index=False)
+        print(f"{len(open_ids):,} conflicting patch(es) to {args.exclude_out} (for --exclude-ids)")
+    elif len(open_ids):
+        print(f"{len(open_ids):,} conflicting patch(es) keep their given label; --exclude-out FILE lists "
+              f"them for train --exclude-ids")
+    print(f"rule: {agreement.RULE}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     from pcam_core.cli import add_train_flags
 
@@ -78,3 +107,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--crossval", required=True, type=Path, help="the crossval folder (holds oof.csv)")
     s.add_argument("--out", type=Path, help="CSV to write (default: label_issues.csv in the crossval folder)")
     s.set_defaults(func=cmd_label_issues)
+
+    s = sub.add_parser("reviewed-labels",
+                       help="the labels the reviewers settled on, as a CSV for train --labels")
+    s.add_argument("--data", required=True, type=Path, help="the dataset folder the verdicts were given on")
+    s.add_argument("--db", help="the verdict store (default: $PCAM_REVIEW_DB, else models/reviews.sqlite)")
+    s.add_argument("--out", required=True, type=Path, help="CSV to write: id, label")
+    s.add_argument("--exclude-out", type=Path, help="CSV to write the conflicting patches to (for "
+                                                    "train --exclude-ids)")
+    s.set_defaults(func=cmd_reviewed_labels)

@@ -1,0 +1,93 @@
+"""Cross-validated predictions and the label errors cleanlab finds in them (issue 13)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from noise import noisy_copy
+
+from pcam_core import crossval
+from pcam_core.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = dict(model="base_cnn", crop=48, epochs=8, batch_size=32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def noisy(demo_dir, tmp_path_factory):
+    """The 600-patch demo with 5% of its training labels flipped, and a 3-fold crossval of it (CLI)."""
+    root = tmp_path_factory.mktemp("noisy")
+    flipped = noisy_copy(demo_dir, root / "data", share=0.05, seed=0)
+    out = root / "cv"
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "crossval", "--data", str(root / "data"),
+                           "--folds", "3", "--out", str(out), "--model", "base_cnn", "--crop", "48",
+                           "--epochs", "8", "--batch-size", "32", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return root / "data", out, flipped, done.stdout
+
+
+def test_every_labelled_patch_gets_one_out_of_fold_probability(noisy):
+    data, out, _, stdout = noisy
+    oof = crossval.read_oof(out)
+    labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == sorted(labels["id"]) and oof["id"].is_unique
+    folds = pd.read_csv(out / "folds.csv", dtype={"id": str}).merge(oof, on="id", suffixes=("", "_oof"))
+    assert (folds["fold"] == folds["fold_oof"]).all()  # each patch scored by the fold that held it out
+    for k in (1, 2, 3):  # each fold's run never trained on its held-out patches
+        held = set(pd.read_csv(out / f"fold-{k}" / "val_ids.csv", dtype={"id": str})["id"])
+        assert held == set(oof.loc[oof["fold"] == k, "id"])
+    share = oof.groupby("fold")["label"].mean()  # stratified: each fold keeps the tumour share
+    assert share.max() - share.min() < 0.05
+    assert "out-of-fold AUC" in stdout and "likely label errors" in stdout
+
+
+def test_cleanlab_finds_the_flipped_labels_among_its_worst_five_percent(noisy):
+    _, out, flipped, _ = noisy
+    issues = pd.read_csv(out / "label_issues.csv", dtype={"id": str})
+    top = set(issues.head(round(0.05 * len(issues)))["id"])
+    recall = len(top & flipped) / len(flipped)
+    precision = len(top & flipped) / len(top)
+    print(f"flipped {len(flipped)}, top 5%: recall {recall:.2f}, precision {precision:.2f}; "
+          f"cleanlab flags {int(issues['issue'].sum())}")
+    assert recall >= 0.8
+    assert issues["quality"].is_monotonic_increasing
+    assert issues["rank"].tolist() == list(range(1, len(issues) + 1))
+
+
+def test_a_finished_crossval_is_kept_and_other_settings_are_refused(noisy):
+    data, out, _, _ = noisy
+    before = (out / "fold-2" / "best.pt").stat().st_mtime_ns
+    events = list(crossval.crossval(TrainConfig(data=str(data), **FAST), 3, out))
+    assert [e["reused"] for e in events if e["type"] == "fold_done"] == [True, True, True]
+    assert (out / "fold-2" / "best.pt").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="other settings.*epochs"):
+        list(crossval.crossval(TrainConfig(data=str(data), **{**FAST, "epochs": 2}), 3, out))
+
+
+def test_fold_counts_that_cannot_work_are_refused():
+    ids = np.array([f"p{i}" for i in range(10)])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        crossval.assign_folds(ids, labels, 1, 0)
+    with pytest.raises(ValueError, match="3 tumour.*--folds 3"):
+        crossval.assign_folds(ids, labels, 4, 0)
+    fold = crossval.assign_folds(ids, labels, 3, 0)
+    assert sorted(set(fold)) == [1, 2, 3] and all(labels[fold == k].sum() == 1 for k in (1, 2, 3))
+
+
+def test_label_issues_cli_and_its_errors(noisy, tmp_path):
+    _, out, _, _ = noisy
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "label-issues", "--crossval", str(out), "--out",
+                           str(tmp_path / "issues.csv")], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert pd.read_csv(tmp_path / "issues.csv").columns.tolist() == list(crossval.ISSUE_COLUMNS)
+    missing = subprocess.run([sys.executable, "-m", "pcam_core", "label-issues", "--crossval", str(tmp_path)],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode != 0
+    assert len(missing.stderr.strip().splitlines()) == 1 and "run `crossval`" in missing.stderr
