@@ -24,6 +24,7 @@ page = st.navigation({
         st.Page("views/inspect.py", title="Inspect", icon=":material/center_focus_strong:"),
         st.Page("views/evaluate.py", title="Evaluate", icon=":material/query_stats:"),
         st.Page("views/slides.py", title="Slides", icon=":material/map:"),
+        st.Page("views/reviewers.py", title="Reviewers", icon=":material/groups:"),
     ],
     "Model": [
         st.Page("views/train.py", title="Train", icon=":material/model_training:"),

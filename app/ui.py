@@ -222,6 +222,27 @@ def holdout(run: str, mtime: float, _store: PatchStore, fingerprint: str) -> np.
         return None
 
 
+def label_check(dataset_key: str) -> pd.DataFrame | None:
+    """The newest finished crossval of this dataset's label issues (`crossval.label_issues`: id, label,
+    prob (out-of-fold), quality, issue, rank, plus `folds` and `model`), or None when there is none."""
+    from pcam_core import crossval
+
+    found = crossval.list_crossvals(runs.runs_dir())
+    found = found[found["data"] == dataset_key]
+    if found.empty:
+        return None
+    newest = found.iloc[0]
+    return _label_issues(newest["path"], float(newest["mtime"])).assign(folds=newest["folds"],
+                                                                       model=newest["model"])
+
+
+@st.cache_data(max_entries=4)
+def _label_issues(path: str, mtime: float) -> pd.DataFrame:
+    from pcam_core import crossval
+
+    return crossval.label_issues(crossval.read_oof(path))
+
+
 @st.cache_resource(max_entries=8)
 def load_model(run: str, mtime: float) -> Classifier:
     """The run's Classifier on the app's device, kept while its checkpoint file is unchanged."""

@@ -19,11 +19,13 @@ RULE = ("Each reviewer's latest verdict on a patch counts. Unsure counts for not
 
 
 def per_reviewer(history: pd.DataFrame) -> pd.DataFrame:
-    """The latest verdict of each reviewer on each patch: patch_id, reviewer, verdict, created."""
+    """The latest verdict of each reviewer on each patch: patch_id, reviewer, verdict, created (and prob,
+    the P(tumour) of the model the reviewer saw, where the history has it)."""
     if history.empty:
         return pd.DataFrame(columns=["patch_id", "reviewer", "verdict", "created"])
     latest = history.sort_values("seq").drop_duplicates(["patch_id", "reviewer"], keep="last")
-    return latest[["patch_id", "reviewer", "verdict", "created"]].reset_index(drop=True)
+    columns = ["patch_id", "reviewer", "verdict", "created"] + (["prob"] if "prob" in latest else [])
+    return latest[columns].reset_index(drop=True)
 
 
 def settled_labels(history: pd.DataFrame) -> pd.DataFrame:
@@ -74,7 +76,8 @@ def reviewer_table(history: pd.DataFrame, labels: pd.Series, probs: pd.Series | 
 
     Args:
         labels: the given label (1, 0, -1 unknown), indexed by patch id.
-        probs: the model's P(tumour), indexed by patch id (None without a model).
+        probs: a model's P(tumour), indexed by patch id; None: the P each verdict was recorded with (the
+            model the reviewer saw), where there is one.
     """
     latest = per_reviewer(history)
     rows = []
@@ -87,8 +90,9 @@ def reviewer_table(history: pd.DataFrame, labels: pd.Series, probs: pd.Series | 
                **{v: int((mine["verdict"] == v).sum()) for v in ("tumour", "normal", "unsure")},
                "agrees with the label": float((says[known] == (given[known] == 1)).mean()) if known.any()
                else np.nan}
-        if probs is not None:
-            p = probs.reindex(answered["patch_id"]).to_numpy(np.float64)
+        if probs is not None or "prob" in answered:
+            p = (probs.reindex(answered["patch_id"]) if probs is not None else answered["prob"]).to_numpy(
+                np.float64)
             scored = np.isfinite(p)
             row["agrees with the model"] = (float((says[scored] == (p[scored] >= 0.5)).mean())
                                             if scored.any() else np.nan)

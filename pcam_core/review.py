@@ -224,7 +224,8 @@ def _verdict_mask(table: pd.DataFrame, verdict: str) -> np.ndarray:
 
 def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predicted: str = "any",
            outcome: str = "any", prob: tuple[float, float] = (0.0, 1.0), min_priority: float = 0.0,
-           queue: bool = False, sort: tuple[str, bool] | None = None) -> pd.DataFrame:
+           queue: bool = False, sort: tuple[str, bool] | None = None, mislabelled: bool = False
+           ) -> pd.DataFrame:
     """The rows of a `review_table` a reviewer asked for, in the order to show them.
 
     Args:
@@ -237,6 +238,8 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
         min_priority: keep patches at least this uncertain (`priority`).
         queue: the review queue: unreviewed patches first, each group by priority, highest first.
         sort: (column, ascending) when not queued; None keeps the dataset order.
+        mislabelled: only the patches whose label cleanlab flags (`crossval.label_issues`: the table needs
+            its quality and issue columns), least trustworthy label first; overrides sort and queue.
 
     Raises:
         ValueError: an unknown choice, or a model filter on a table without predictions.
@@ -265,7 +268,14 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
             mask &= {"correct": called == (given == 1), "false positive": called & (given == 0),
                      "false negative": ~called & (given == 1)}[outcome]
         mask &= (p >= prob[0]) & (p <= prob[1]) & (table["priority"].to_numpy() >= min_priority)
+    if mislabelled:
+        if "issue" not in table:
+            raise ValueError("the label check needs a finished crossval of this dataset (python -m pcam_core "
+                             "crossval)")
+        mask &= table["issue"].fillna(False).to_numpy(bool)
     shown = table[mask]
+    if mislabelled:
+        return shown.sort_values("quality", kind="stable")
     if queue:
         reviewed = shown["verdict"].notna().to_numpy()
         doubt = -shown["priority"].to_numpy() if has_preds else np.zeros(len(shown))

@@ -26,7 +26,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"dataset": "", "explore": "eda", "browse": "browse", "inspect": "inspect", "evaluate": "evaluate",
-         "slides": "slides", "train": "train", "submit": "submit"}
+         "slides": "slides", "reviewers": "reviewers", "train": "train", "submit": "submit"}
 REPO = Path(__file__).resolve().parents[1]
 
 if not CHROMIUM.exists():

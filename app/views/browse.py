@@ -27,7 +27,7 @@ sidebar.warn_if_other_data(ctx)
 store = ctx.store
 keep = dict(persist_state="session", on_change=first_page)
 
-row = st.columns([1, 1, 1, 1])
+row = st.columns([1, 1, 1, 1, 1])
 split = row[0].selectbox("Split", store.split_names(), key="browse_split", **keep)
 labelled = store.has_labels(split)
 label = row[1].selectbox("Label", ["any", "tumour", "normal"], key="browse_label", disabled=not labelled,
@@ -40,9 +40,21 @@ queue = row[3].toggle("Review queue", key="browse_queue", **keep,
                       help="Unreviewed first, then the patches the model is least sure of or whose "
                            "views disagree.")
 
+issues = ui.label_check(ctx.dataset_key)
+checked = issues is not None and split == "train"  # crossval scores the labelled training patches
+mislabelled = row[4].toggle(
+    "Likely mislabelled", key="browse_mislabelled", disabled=not checked, **keep,
+    help="Patches whose given label confident learning (cleanlab) flags as likely wrong, worst first: each "
+         "patch was scored by a model that never trained on it (python -m pcam_core crossval). "
+         + (f"From a {issues['folds'].iloc[0]}-fold crossval of {issues['model'].iloc[0]}." if checked
+            else "No finished crossval of this split yet."))
+
 preds, scoring = ui.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
+if checked:
+    table = table.merge(issues[["id", "quality", "issue"]].assign(cv_prob=issues["prob"]), on="id",
+                        how="left")
 has_preds = preds is not None
 
 
@@ -83,7 +95,7 @@ else:
 
 shown = review.select(table, label=label if labelled else "any", verdict=verdict, predicted=predicted,
                       outcome=outcome if labelled else "any", prob=(low, high), min_priority=min_priority,
-                      queue=queue, sort=SORTS[sort])
+                      queue=queue, sort=SORTS[sort], mislabelled=mislabelled and checked)
 
 row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",
@@ -105,7 +117,10 @@ if scoring is not None:  # the page's own patches, scored now with the model the
     run, mtime = ui.model_key(ctx.run)
     tiles = tiles.merge(ui.page_predictions(run, mtime, store, store.fingerprint,
                                             tuple(tiles["index"].tolist()), ctx.tta), on="index")
-chosen = ui.patch_grid(store, tiles["index"].to_numpy(), ui.tile_captions(tiles),
+captions = ui.tile_captions(tiles)
+if mislabelled and checked:  # the out-of-fold probability the flag rests on
+    captions = [f"{c} · cv {p:.2f}" for c, p in zip(captions, tiles["cv_prob"], strict=True)]
+chosen = ui.patch_grid(store, tiles["index"].to_numpy(), captions,
                        columns=12 if size == 96 else 8, button_key="browse_inspect")
 if chosen is not None:
     ui.open_in_inspect(chosen, shown["index"].to_numpy())

@@ -55,6 +55,26 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None,
         go_to_patch(next_index)
 
 
+def label_check(patch_id: str, label: int) -> None:
+    """What the cross-validated models and cleanlab make of this patch's label, when a crossval exists."""
+    issues = ui.label_check(ctx.dataset_key)
+    if issues is None:
+        return
+    found = issues[issues["id"] == patch_id]
+    if found.empty:
+        return
+    row = found.iloc[0]
+    text = (f"Label check ({row['folds']}-fold crossval of {row['model']}, cleanlab): given label "
+            f"{ui.label_name(label)} · out-of-fold P(tumour) {row['prob']:.3f} · label quality "
+            f"{row['quality']:.3f} · rank {row['rank']:,} of {len(issues):,} (1 is the least trustworthy)")
+    if row["issue"]:
+        st.warning(f"Likely mislabelled. {text}", icon=":material/flag:")
+    else:
+        st.caption(text, help="Label quality: the out-of-fold probability of the given label, from a model "
+                              "that never trained on this patch. Confident learning flags a label when the "
+                              "models of the other folds confidently say the other class.")
+
+
 dataset_tab, upload_tab = st.tabs(["Dataset patch", "Your own patch"])
 with dataset_tab:
     order = st.session_state.get("inspect_order")
@@ -83,6 +103,7 @@ with dataset_tab:
     patch_id, label = str(store.ids[index]), int(store.labels[index])
     rgb = store[index]
     st.markdown(f"**{patch_id}** · split {store.splits[index]} · label **{ui.label_name(label)}**")
+    label_check(patch_id, label)
     original, heat, controls = st.columns([4, 4, 3])
     with original:
         st.image(images.with_centre_box(rgb, SCALE), width="stretch", output_format="PNG",
