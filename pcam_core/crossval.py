@@ -226,3 +226,26 @@ def list_crossvals(folder: str | Path) -> pd.DataFrame:
                      "folds": settings.get("folds"), "mtime": (path / "oof.csv").stat().st_mtime})
     table = pd.DataFrame(rows, columns=["path", "data", "model", "folds", "mtime"])
     return table.sort_values("mtime", ascending=False, ignore_index=True)
+
+
+def progress(folder: str | Path) -> dict:
+    """Where a crossval folder stands: state ("running", "finished", "stopped"), folds, fold (the one
+    training or last trained), that fold's run status, and pid (the job's, when started from the app)."""
+    folder = Path(folder)
+    job = runs.read_json(folder / "job.json")
+    settings = runs.read_json(folder / "crossval.json")
+    command = job.get("command") or []
+    folds = settings.get("folds") or (int(command[command.index("--folds") + 1]) if "--folds" in command
+                                      else None)
+    started = sorted((int(p.name.split("-")[1]) for p in folder.glob("fold-*") if p.is_dir()), reverse=True)
+    fold = started[0] if started else 0
+    status = runs.status(folder / f"fold-{fold}") if fold else {"state": "starting"}
+    if (folder / "oof.csv").is_file():
+        state = "finished"
+    elif runs.alive(job.get("pid")):
+        state = "running"
+    else:
+        state = "stopped"
+    return {"state": state, "folds": folds, "fold": fold, "run": status, "pid": job.get("pid"),
+            "model": settings.get("config", {}).get("model") or (command[command.index("--model") + 1]
+                                                                 if "--model" in command else "?")}

@@ -59,7 +59,7 @@ def active_job(runs_dir: Path, device: str) -> Path | None:
 
 
 def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bool,
-            config: str | None = None) -> Path:
+            config: str | None = None, files: dict[str, str] | None = None, command: str = "train") -> Path:
     with file_lock(runs_dir / ".launch.lock"):
         busy = active_job(runs_dir, device)
         if busy is not None:
@@ -70,7 +70,9 @@ def _launch(runs_dir: Path, run_dir: Path, args: list[str], device: str, new: bo
         run_dir.mkdir(parents=True, exist_ok=True)
         if config is not None:
             write_text(run_dir / "config.json", config)
-        pid = _spawn(["train", *args], run_dir, device)
+        for name, text in (files or {}).items():
+            write_text(run_dir / name, text)
+        pid = _spawn([command, *args], run_dir, device)
     log.info("started training job %s (pid %d) on %s", run_dir.name, pid, device)
     return run_dir
 
@@ -86,7 +88,7 @@ def _spawn(args: list[str], folder: Path, device: str) -> int:
     # a thread waits on the child so that it is reaped when it ends, not left a zombie of the app
     threading.Thread(target=proc.wait, daemon=True, name=f"reap-{proc.pid}").start()
     write_text(folder / "job.json", json.dumps({"pid": proc.pid, "device": device, "command": command,
-                                                "started": time.time()}, indent=2))
+                                                "kind": args[0], "started": time.time()}, indent=2))
     return proc.pid
 
 
@@ -105,12 +107,14 @@ def start_slide_map(folder: Path, flags: list[str], device: str) -> None:
     log.info("started scoring %s (pid %d) on %s", folder.name, pid, device)
 
 
-def start(config: TrainConfig) -> Path:
+def start(config: TrainConfig, files: dict[str, str] | None = None) -> Path:
     """Starts a new training run in the background and returns its run folder.
 
     Args:
         config: the run; `device` must be "cpu" or "cuda" (one job runs per device) and `out`, when
             unset, becomes a new time-stamped folder under `runs.runs_dir()`.
+        files: name -> text, written into the run folder before the job starts (e.g. the reviewed labels
+            that `config.labels` points at).
     """
     config.validate()
     if config.device not in ("cpu", "cuda"):
@@ -119,7 +123,34 @@ def start(config: TrainConfig) -> Path:
     config = replace(config, out=str(run_dir))
     # config.json now, not when the trainer has started: the run list shows its model and data at once
     return _launch(run_dir.parent, run_dir, config_flags(config), config.device, new=True,
-                   config=config.to_json())
+                   config=config.to_json(), files=files)
+
+
+def start_crossval(config: TrainConfig, folds: int) -> Path:
+    """Starts `crossval` (K runs, then the out-of-fold table) in the background; returns its folder, a new
+    crossval-<model>-<time> under `runs.runs_dir()`. It counts as the device's one job."""
+    config.validate()
+    if config.device not in ("cpu", "cuda"):
+        raise ValueError(f"a background job needs device cpu or cuda, got {config.device!r}")
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    out = runs.runs_dir() / f"crossval-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    # crossval holds out each fold in turn: no validation share, id list or resume of its own
+    flags = config_flags(replace(config, out=None, val_frac=TrainConfig().val_frac, val_ids=None,
+                                 resume=None))
+    return _launch(out.parent, out, [*flags, "--folds", str(folds), "--out", str(out)], config.device,
+                   new=True, command="crossval")
+
+
+def resume_crossval(folder: str | Path) -> Path:
+    """Starts a stopped crossval again with its own command: finished folds are kept."""
+    folder = Path(folder)
+    job = _job(folder)
+    if runs.alive(job.get("pid")):
+        raise ValueError(f"{folder.name} is still running")
+    if not job.get("command"):
+        raise ValueError(f"{folder.name} was not started from the app; resume it with its crossval command")
+    return _launch(folder.parent, folder, job["command"][4:], job["device"], new=False, command="crossval")
 
 
 def resume(run_dir: str | Path, device: str = "cpu") -> Path:
@@ -142,6 +173,15 @@ def stop(run_dir: str | Path) -> bool:
     if not current["alive"] or current["state"] not in runs.ACTIVE_STATES:
         return False
     os.kill(current["pid"], signal.SIGTERM)
+    return True
+
+
+def stop_crossval(folder: str | Path) -> bool:
+    """Asks a running crossval job to stop (its fold saves a resumable checkpoint). False when not running."""
+    pid = _job(Path(folder)).get("pid")
+    if not runs.alive(pid):
+        return False
+    os.kill(pid, signal.SIGTERM)
     return True
 
 

@@ -81,3 +81,51 @@ def test_stop_then_resume_from_the_page_ends_with_every_epoch(open_app, page_tex
     finished = wait_until(run, lambda s: s["state"] == "finished" and not s["alive"])
     assert finished["epoch"] == 2
     assert runs.metrics(run)["epoch"].tolist() == [1, 2]
+
+
+def test_a_run_on_the_reviewers_labels_records_them(open_app, tmp_path, demo_dir):
+    from pcam_core.data import open_dataset
+    from pcam_core.review import ReviewStore
+
+    store = open_dataset(demo_dir)
+    db = ReviewStore(tmp_path / "reviews.sqlite")
+    key = str(store.root.resolve())
+    db.record(key, store.ids[0], "tumour" if store.labels[0] == 0 else "normal", "Ann")  # a corrected label
+    db.record(key, store.ids[1], "tumour", "Ann")
+    db.record(key, store.ids[1], "normal", "Ben")  # a tie: left out
+    at = open_app("train")
+    at.number_input(key="train_epochs").set_value(1)
+    at.checkbox(key="train_reviewed").check()
+    at.form_submit_button[0].click().run()
+    assert not at.exception
+    run = at.session_state["train_run"]
+    config = json.loads((tmp_path / "runs" / run.rsplit("/", 1)[1] / "config.json").read_text())
+    assert config["labels"].endswith("reviewed_labels.csv") and config["exclude_ids"].endswith("ties.csv")
+    labels = (tmp_path / "runs" / run.rsplit("/", 1)[1] / "reviewed_labels.csv").read_text().splitlines()
+    assert labels == ["id,label", f"{store.ids[0]},{1 - store.labels[0]}"]
+    used = json.loads((tmp_path / "runs" / run.rsplit("/", 1)[1] / "reviewed_labels.json").read_text())
+    assert used["verdicts"] == 3 and used["settled"] == {"agreed": 1, "conflict": 1}
+    status = wait_until(run, lambda s: s["state"] not in runs.ACTIVE_STATES and not s["alive"])
+    assert status["state"] == "finished", jobs.log_tail(run)
+
+
+def test_a_crossval_from_the_page_runs_and_feeds_browse(open_app, page_text, tmp_path):
+    at = open_app("train")
+    at.number_input(key="train_epochs").set_value(1)
+    at.selectbox(key="train_crop").set_value(32)
+    at.number_input(key="train_folds").set_value(2)
+    at.form_submit_button[0].click().run()
+    assert not at.exception
+    folder = at.session_state["train_crossval"]
+    deadline = time.monotonic() + 300
+    while runs.alive(runs.read_json(tmp_path / "runs" / folder.rsplit("/", 1)[1] / "job.json").get("pid")):
+        assert time.monotonic() < deadline, jobs.log_tail(folder)
+        time.sleep(0.5)
+    at.run()
+    assert not at.exception
+    text = page_text(at)
+    assert "finished, 2 folds of base_cnn; out-of-fold AUC" in text, jobs.log_tail(folder)
+    assert runs.list_runs(tmp_path / "runs").empty  # the fold runs are not offered as models
+    at.switch_page("views/browse.py").run()
+    at.toggle(key="browse_mislabelled").set_value(True).run()
+    assert not at.exception and "train patches match" in page_text(at)

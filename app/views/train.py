@@ -1,13 +1,14 @@
 """Train: fill a TrainConfig, run it as a background job, watch it, stop or resume it; the run registry."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import sidebar, ui
-from pcam_core import jobs, runs
+from pcam_core import agreement, crossval, jobs, runs
 from pcam_core.config import SCHEDULES, TrainConfig
 from pcam_core.models import list_models
 
@@ -17,6 +18,29 @@ ui.header("Train", "Train a classifier on this dataset as a background job: it k
 ctx = sidebar.context()
 device = ui.device_spec()
 busy = jobs.active_job(runs.runs_dir(), device)
+
+settled = agreement.settled_labels(ui.verdict_history(ctx.dataset_key))
+settled = settled[settled["id"].isin(set(ctx.store.ids))]
+n_settled, n_ties = int((settled["label"] >= 0).sum()), int((settled["settled"] == "conflict").sum())
+reviewed_summary = (f"Reviewers settled {n_settled:,} label(s); {n_ties:,} tie(s) would be left out."
+                    if len(settled) else "No verdicts on this dataset yet.")
+
+
+def reviewed_files(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+    """The run's config pointing at the reviewed labels, and those files for its folder (a snapshot of the
+    verdicts it used, with the rule and the last verdict counted)."""
+    run_dir = runs.new_run_dir(config)
+    history = ui.verdict_history(ctx.dataset_key)
+    used = {"rule": agreement.RULE, "verdicts": len(history),
+            "last_verdict_seq": int(history["seq"].max()) if len(history) else None,
+            "settled": settled["settled"].value_counts().to_dict()}
+    files = {"reviewed_labels.csv": settled[settled["label"] >= 0][["id", "label"]].to_csv(index=False),
+             "reviewed_ties.csv": settled[settled["settled"] == "conflict"][["id"]].to_csv(index=False),
+             "reviewed_labels.json": json.dumps(used, indent=1)}
+    config = replace(config, out=str(run_dir), labels=str(run_dir / "reviewed_labels.csv"),
+                     exclude_ids=str(run_dir / "reviewed_ties.csv"))
+    return config, files
+
 
 with st.form("train_form"):
     st.markdown(f"**New run** on `{ctx.store.root.name}` ({len(ctx.store):,} patches), device {ctx.device}")
@@ -42,6 +66,14 @@ with st.form("train_form"):
         jitter = row[1].slider("Stain jitter", 0.0, 0.3, 0.05, 0.01, key="train_jitter")
         patience = row[2].number_input("Early-stop patience (0: off)", 0, 50, 0, key="train_patience")
         seed = row[3].number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
+        row = st.columns([1, 1, 2])
+        folds = row[0].number_input("Cross-validation folds", 0, 10, 0, key="train_folds",
+                                    help="0: one run. 2 or more: K runs, each holding out one fold, for an "
+                                         "out-of-fold P(tumour) on every labelled patch; cleanlab then ranks "
+                                         "the likely label errors (Browse: Likely mislabelled).")
+        reviewed = row[1].checkbox("Use the reviewers' labels", key="train_reviewed",
+                                   help=f"Train on the labels the reviewers settled on. {agreement.RULE}")
+        row[2].caption(reviewed_summary)
     started = st.form_submit_button("Start training", type="primary", disabled=busy is not None,
                                     icon=":material/play_arrow:")
 if busy is not None:
@@ -52,11 +84,58 @@ if started:
                          augment=augment, jitter=float(jitter), schedule=schedule, patience=int(patience),
                          seed=int(seed), device=device)
     try:
-        st.session_state["train_run"] = str(jobs.start(config))
+        if folds >= 2:
+            st.session_state["train_crossval"] = str(jobs.start_crossval(config, int(folds)))
+        else:
+            config, files = reviewed_files(config) if reviewed and len(settled) else (config, None)
+            st.session_state["train_run"] = str(jobs.start(config, files))
     except ValueError as e:
         st.error(f"Could not start: {e}")
         st.stop()
     st.rerun()
+
+
+@st.fragment(run_every=2)
+def crossvals() -> None:
+    """The cross-validations of this dataset: the fold training now, Stop / Resume, the result."""
+    folders = sorted((p for p in runs.runs_dir().glob("crossval-*") if (p / "job.json").is_file()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    if not folders:
+        return
+    st.subheader("Cross-validations")
+    for folder in folders[:5]:
+        now = crossval.progress(folder)
+        cols = st.columns([4, 1])
+        line = f"**{folder.name}**: {now['state']}, {now['folds']} folds of {now['model']}"
+        if now["state"] == "finished":
+            oof = crossval.read_oof(folder)
+            from pcam_core.metrics import roc_auc
+
+            line += (f"; out-of-fold AUC {roc_auc(oof['label'].to_numpy(), oof['prob'].to_numpy()):.4f} on "
+                     f"{len(oof):,} patches. Browse: Likely mislabelled lists cleanlab's flags.")
+        elif now["fold"]:
+            share, text = runs.progress(now["run"])
+            line += f"; fold {now['fold']} of {now['folds']}: {text}"
+        cols[0].markdown(line)
+        if now["state"] == "running":
+            cols[1].button("Stop", key=f"train_cv_stop_{folder.name}", icon=":material/stop:",
+                           on_click=jobs.stop_crossval, args=(folder,))
+        elif now["state"] == "stopped":
+            cols[1].button("Resume", key=f"train_cv_resume_{folder.name}", icon=":material/replay:",
+                           on_click=resume_crossval, args=(folder,),
+                           disabled=jobs.active_job(runs.runs_dir(), device) is not None)
+
+
+def resume_crossval(folder: Path) -> None:
+    try:
+        jobs.resume_crossval(folder)
+    except ValueError as e:
+        st.session_state["train_cv_error"] = f"Could not resume: {e}"
+
+
+crossvals()
+if st.session_state.get("train_cv_error"):
+    st.error(st.session_state.pop("train_cv_error"))
 
 registry = runs.list_runs(runs.runs_dir())
 st.subheader("Runs")
