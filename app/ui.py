@@ -222,6 +222,16 @@ def holdout(run: str, mtime: float, _store: PatchStore, fingerprint: str) -> np.
         return None
 
 
+@st.cache_data(max_entries=8)
+def slide_groups(root: str, fingerprint: str) -> int:
+    """How many slides PCam's meta files name for the dataset at `root`."""
+    from pcam_core.splits import PCAM_META, read_groups
+
+    store = open_dataset(root, Path(root).stat().st_mtime)
+    groups = read_groups(store, PCAM_META)
+    return len(set(groups[groups != ""]))
+
+
 def label_check(dataset_key: str) -> pd.DataFrame | None:
     """The newest finished crossval of this dataset's label issues (`crossval.label_issues`: id, label,
     prob (out-of-fold), quality, issue, rank, plus `folds` and `model`), or None when there is none."""
@@ -241,6 +251,12 @@ def _label_issues(path: str, mtime: float) -> pd.DataFrame:
     from pcam_core import crossval
 
     return crossval.label_issues(crossval.read_oof(path))
+
+
+@st.cache_data(max_entries=16)
+def run_config(run: str, mtime: float) -> dict:
+    """The run's config.json as a dict ({} when unreadable)."""
+    return runs.read_json(Path(run) / "config.json")
 
 
 @st.cache_resource(max_entries=8)

@@ -35,6 +35,9 @@ class TrainConfig:
             training and validation (e.g. `reviewed-labels`' file of what the reviewers settled on).
         exclude_ids: CSV with an `id` column: patches left out of training and validation (e.g. those the
             reviewers could not settle).
+        groups: CSV with `id` and `group` columns (e.g. the slide each patch was cut from): a drawn split
+            or crossval fold never puts one group on both sides; "pcam-meta" reads PCam's
+            camelyonpatch_level_2_split_*_meta.csv (its `wsi` column), used by default when present.
         out: run folder; default `runs.runs_dir()`/<model>-<time>.
         resume: run folder to continue exactly where it stopped (its saved config wins).
         device: "auto", "cpu" or "cuda".
@@ -69,6 +72,7 @@ class TrainConfig:
     val_ids: str | None = None
     labels: str | None = None
     exclude_ids: str | None = None
+    groups: str | None = None
     out: str | None = None
     resume: str | None = None
     device: str = "auto"

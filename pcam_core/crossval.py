@@ -32,6 +32,7 @@ import pandas as pd
 from pcam_core import runs
 from pcam_core.atomic import atomic_write
 from pcam_core.config import TrainConfig
+from pcam_core.splits import default_groups, read_groups
 
 OOF_COLUMNS = ("id", "label", "prob", "fold")
 ISSUE_COLUMNS = ("id", "label", "prob", "fold", "quality", "issue", "rank")
@@ -41,13 +42,16 @@ def _main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def assign_folds(ids: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Fold numbers 1..folds for labelled patches, stratified by label and seeded.
+def assign_folds(ids: np.ndarray, labels: np.ndarray, folds: int, seed: int,
+                 groups: np.ndarray | None = None) -> np.ndarray:
+    """Fold numbers 1..folds for labelled patches, stratified by label and seeded; with `groups`, every
+    group in one fold (scikit-learn's StratifiedGroupKFold).
 
     Raises:
-        ValueError: fewer than 2 folds, or more folds than the rarer class has patches.
+        ValueError: fewer than 2 folds, more folds than the rarer class has patches, or than there are
+            groups.
     """
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
@@ -57,8 +61,14 @@ def assign_folds(ids: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> 
                          f"{counts[1]} tumour and {counts[0]} normal: use --folds {max(2, counts.min())} or "
                          f"fewer")
     fold = np.zeros(len(ids), np.int64)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, held) in enumerate(splitter.split(ids, labels), start=1):
+    if groups is not None:
+        if len(set(groups)) < folds:
+            raise ValueError(f"{folds} folds by group need at least {folds} groups; the data has "
+                             f"{len(set(groups))}")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(splitter.split(ids, labels, groups), start=1):
         fold[held] = k
     return fold
 
@@ -83,8 +93,10 @@ def _setup(cfg: TrainConfig, folds: int, out: Path) -> pd.DataFrame:
     labelled = labelled[store.labels[labelled] >= 0]
     if not len(labelled):
         raise ValueError(f"{store.root} has no labelled training patches to cross-validate")
+    groups = read_groups(store, cfg.groups)[labelled] if cfg.groups else None
     table = pd.DataFrame({"id": store.ids[labelled],
-                          "fold": assign_folds(store.ids[labelled], store.labels[labelled], folds, cfg.seed)})
+                          "fold": assign_folds(store.ids[labelled], store.labels[labelled], folds, cfg.seed,
+                                               groups)})
     # every rank writes the same files (the draw is seeded; each write is atomic), so no rank starts a
     # fold before its id list exists; crossval.json last: it marks the folder as set up
     out.mkdir(parents=True, exist_ok=True)
@@ -111,6 +123,7 @@ def crossval(cfg: TrainConfig, folds: int, out: str | Path,
     from pcam_core.train import fit
 
     out = Path(out)
+    cfg = default_groups(cfg)
     table = _setup(cfg, folds, out)
     for k in range(1, folds + 1):
         run_dir = out / f"fold-{k}"

@@ -42,7 +42,11 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
         if smallest and round(smallest * cfg.val_frac) < 1:
             raise ValueError(f"too little data to validate: the rarer class has {smallest} patches, so "
                              f"val_frac={cfg.val_frac} holds out none of it; raise --val-frac or add data")
-        if smallest:
+        if smallest and cfg.groups:
+            groups = read_groups(store, cfg.groups)[train]
+            kept, held = grouped_holdout(labels, groups, cfg.val_frac, cfg.seed)
+            train, val = train[kept], train[held]
+        elif smallest:
             train, val = train_test_split(train, test_size=cfg.val_frac, stratify=labels,
                                           random_state=cfg.seed)
         else:
@@ -53,6 +57,85 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
             raise ValueError(f"the {name} split has only one class ({counts[0]} normal, {counts[1]} tumour): "
                              f"AUC and training need both; check the labels or use more data")
     return np.sort(train), np.sort(val)
+
+
+PCAM_META = "pcam-meta"  # TrainConfig.groups: PCam's own meta CSVs
+
+
+def pcam_meta_files(root: str | Path) -> list[Path]:
+    """PCam's camelyonpatch_level_2_split_<split>_meta.csv files present in a dataset folder."""
+    return [p for split in ("train", "valid", "test")
+            if (p := Path(root) / f"camelyonpatch_level_2_split_{split}_meta.csv").is_file()]
+
+
+def default_groups(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with groups set to PCAM_META when it names none and the data folder has PCam's meta files, so
+    that the run's config records the grouping it used."""
+    if cfg.groups or not cfg.data or not pcam_meta_files(cfg.data):
+        return cfg
+    from dataclasses import replace
+
+    return replace(cfg, groups=PCAM_META)
+
+
+def read_groups(store: PatchStore, source: str) -> np.ndarray:
+    """The group of every patch (object array, "" where none is known) from a CSV (id, group) or
+    PCAM_META.
+
+    Raises:
+        FileNotFoundError, ValueError: no such file, a missing column, ids that are not in the data (how
+            many), or labelled training patches without a group (how many).
+    """
+    groups = np.full(len(store), "", dtype=object)
+    if source == PCAM_META:
+        files = pcam_meta_files(store.root)
+        if not files:
+            raise ValueError(f"{store.root} has no camelyonpatch_level_2_split_*_meta.csv for --groups "
+                             f"{PCAM_META}")
+        for path in files:
+            split = path.name.split("_split_")[1].rsplit("_", 1)[0]
+            meta = pd.read_csv(path)
+            if "wsi" not in meta.columns:
+                raise ValueError(f"{path} has no `wsi` column (columns: {list(meta.columns)})")
+            ids = [f"{split}_{i:06d}" for i in range(len(meta))]
+            known = np.isin(ids, store.ids)
+            groups[store.index_of(np.asarray(ids)[known])] = meta["wsi"].astype(str).to_numpy()[known]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"groups file {path} not found")
+        table = pd.read_csv(path, dtype=str)
+        missing = [c for c in ("id", "group") if c not in table.columns]
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {missing} (columns: {list(table.columns)}); it "
+                             f"needs id and group")
+        known = table["id"].isin(set(store.ids))
+        if not known.all():
+            raise ValueError(f"{int((~known).sum()):,} id(s) in {path} are not in {store.root}, e.g. "
+                             f"{table['id'][~known].iloc[0]}; write the groups of this dataset's patches")
+        groups[store.index_of(table["id"])] = table["group"].fillna("").to_numpy()
+    train = store.split_indices("train") if "train" in store.split_names() else np.empty(0, np.int64)
+    train = train[store.labels[train] >= 0]
+    lacking = int((groups[train] == "").sum())
+    if lacking:
+        raise ValueError(f"{lacking:,} of the {len(train):,} labelled training patches have no group in "
+                         f"{source}; every one needs one (or leave --groups out)")
+    return groups
+
+
+def grouped_holdout(labels: np.ndarray, groups: np.ndarray, share: float, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (train, held out) with about `share` held out, whole groups on one side, stratified by
+    label as far as the groups allow (the first fold of scikit-learn's StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    n_splits = max(2, round(1 / share))
+    if len(set(groups)) < n_splits:
+        raise ValueError(f"only {len(set(groups))} group(s): holding out {share:.0%} by group needs at least "
+                         f"{n_splits}; lower --val-frac's denominator or drop --groups")
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    kept, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return kept, held
 
 
 def relabelled(store: PatchStore, path: str | Path) -> tuple[np.ndarray, int]:

@@ -35,7 +35,7 @@ from pcam_core.metrics import loss_and_auc
 from pcam_core.models import Classifier, head_module, read_checkpoint
 from pcam_core.runs import RunFolder, new_run_dir
 from pcam_core.schedule import scheduled_lr
-from pcam_core.splits import relabelled, split_train_val
+from pcam_core.splits import default_groups, relabelled, split_train_val
 from pcam_core.transforms import augment_batch, to_model_input
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
     """
     cfg.validate()
     cfg, state = _resolve_resume(cfg)
+    cfg = default_groups(cfg)  # PCam's slide groups when its meta files are there: recorded with the run
     ctx = Distributed(cfg.device)
     folder = RunFolder(Path(ctx.same(str(new_run_dir(cfg)))), write=ctx.main)
     stop = stop or threading.Event()

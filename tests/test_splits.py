@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pcam_core.config import TrainConfig
+from pcam_core.data import open_dataset
 from pcam_core.runs import RunFolder
 from pcam_core.splits import holdout_indices, split_train_val
 from pcam_core.store import PatchStore
@@ -92,3 +93,67 @@ def test_holdout_of_a_run_on_other_data_or_without_val_ids_is_refused(tmp_path):
     missing = write_run(tmp_path / "gone", root, ["p001", "zzz"])
     with pytest.raises(ValueError, match="not in"):
         holdout_indices([missing], store)
+
+
+def test_a_grouped_split_keeps_every_group_on_one_side_and_the_tumour_share(demo_dir, tmp_path):
+    from pcam_core.splits import read_groups
+
+    store = open_dataset(demo_dir)
+    train = store.split_indices("train")
+    rng = np.random.default_rng(0)
+    groups = pd.DataFrame({"id": store.ids[train], "group": [f"slide-{g}" for g in rng.integers(0, 40,
+                                                                                               len(train))]})
+    groups.to_csv(tmp_path / "groups.csv", index=False)
+    cfg = TrainConfig(data=str(demo_dir), groups=str(tmp_path / "groups.csv"), val_frac=0.2)
+    tr, val = split_train_val(store, cfg)
+    by_id = dict(zip(groups["id"], groups["group"], strict=True))
+    assert not {by_id[i] for i in store.ids[tr]} & {by_id[i] for i in store.ids[val]}
+    assert abs(store.labels[val].mean() - store.labels[tr].mean()) < 0.05  # stratified within 5 points
+    assert 0.1 < len(val) / len(train) < 0.3
+
+    from pcam_core.crossval import assign_folds
+
+    fold = assign_folds(store.ids[train], store.labels[train], 4, 0, read_groups(store, cfg.groups)[train])
+    per_group = pd.Series(fold).groupby(groups["group"].to_numpy()).nunique()
+    assert (per_group == 1).all()  # a slide in one fold only
+    shares = pd.Series(store.labels[train]).groupby(fold).mean()
+    assert shares.max() - shares.min() < 0.1
+
+
+@pytest.mark.parametrize("rows, message", [(lambda ids: [("not-a-patch", "a")], "1 id\\(s\\) in .* not in"),
+                                           (lambda ids: [(ids[0], "a")], "599 of the 600 labelled training"),
+                                           (None, "lacks column")])
+def test_bad_groups_files_say_what_is_wrong(demo_dir, tmp_path, rows, message):
+    from pcam_core.splits import read_groups
+
+    store = open_dataset(demo_dir)
+    path = tmp_path / "groups.csv"
+    if rows is None:
+        path.write_text("id,slide\nx,a\n")
+    else:
+        pd.DataFrame(rows(store.ids), columns=["id", "group"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=message):
+        read_groups(store, str(path))
+
+
+def test_pcam_meta_files_group_the_folds_by_slide(tmp_path):
+    import h5py
+
+    from pcam_core.crossval import assign_folds
+    from pcam_core.splits import PCAM_META, default_groups, read_groups
+
+    n = 40
+    with h5py.File(tmp_path / "camelyonpatch_level_2_split_train_x.h5", "w") as f:
+        f.create_dataset("x", data=np.zeros((n, 96, 96, 3), np.uint8))
+    with h5py.File(tmp_path / "camelyonpatch_level_2_split_train_y.h5", "w") as f:
+        f.create_dataset("y", data=(np.arange(n) % 2).reshape(n, 1, 1, 1).astype(np.uint8))
+    slides = [f"tumor_{i % 8:03d}" for i in range(n)]
+    pd.DataFrame({"coord_y": 0, "coord_x": 0, "tumor_patch": False, "center_tumor_patch": False,
+                  "wsi": slides}).to_csv(tmp_path / "camelyonpatch_level_2_split_train_meta.csv", index=False)
+    store = open_dataset(tmp_path)
+    cfg = default_groups(TrainConfig(data=str(tmp_path)))
+    assert cfg.groups == PCAM_META  # found and recorded
+    groups = read_groups(store, cfg.groups)
+    assert groups[store.index_of(["train_000009"])[0]] == "tumor_001"
+    fold = assign_folds(store.ids, store.labels, 4, 0, groups)
+    assert (pd.Series(fold).groupby(groups).nunique() == 1).all()

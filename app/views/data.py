@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from app import sidebar, ui
+from pcam_core import splits
 
 ui.header("Dataset", "The patches the other pages work on. Pick another dataset in the sidebar: the built-in "
                      "demo, the real Kaggle sample, or any folder (Kaggle layout, PCam HDF5 or images).")
@@ -24,6 +25,18 @@ counts["total"] = counts.sum(axis=1)
 st.dataframe(counts, key="data_counts")
 st.caption("Label 1 (tumour) means at least one tumour pixel lies in the centre 32x32 of the patch; "
            "the outer ring is context only.")
+
+st.subheader("Slides (groups)")
+meta = splits.pcam_meta_files(store.root)
+if meta:
+    slides = ui.slide_groups(str(store.root), store.fingerprint)
+    st.markdown(f"**{slides:,} slides** in PCam's meta files: training draws its validation patches and "
+                "crossval its folds by slide, so no slide is on both sides.")
+else:
+    st.caption("Which slide each patch comes from is not known for this dataset, so a drawn validation split "
+               "puts patches of one slide on both sides and its AUC is optimistic (Kaggle write-ups: about "
+               "0.99 on validation against 0.97 on the leaderboard). Give `train --groups FILE` (id, group) "
+               "where you know the slides.")
 
 st.subheader("Skipped files")
 if store.skipped.empty:
