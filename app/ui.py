@@ -84,8 +84,11 @@ def warm_up() -> threading.Thread:
     first Inspect would otherwise wait several seconds for them (pytorch-grad-cam pulls in torchvision
     and scikit-learn)."""
     def imports() -> None:
-        import pcam_core.cam  # noqa: F401
-        import pcam_core.infer  # noqa: F401
+        try:
+            import pcam_core.cam  # noqa: F401
+            import pcam_core.infer  # noqa: F401
+        except Exception:  # noqa: BLE001 - only a head start: the page's own import reports a real failure
+            pass  # (and a server shutting down mid-import ends here)
 
     thread = threading.Thread(target=imports, daemon=True, name="warm-up")
     thread.start()

@@ -165,6 +165,37 @@ def auc_ci(labels, probs, n_boot: int = 1000, level: float = 0.95, seed: int = 0
     return float(low), float(high)
 
 
+def compare_aucs(labels, probs_a, probs_b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Two models on the same patches: each ROC AUC with its bootstrap interval, and the interval of their
+    difference (b - a) from the same resamples (paired: both models see each resample), so a difference
+    whose interval excludes 0 is more than the luck of the draw.
+
+    Returns:
+        dict with auc_a, auc_b, ci_a, ci_b, diff, diff_ci.
+    """
+    y, a = _check(labels, probs_a)
+    _, b = _check(labels, probs_b)
+    _need_both_classes(y)
+    ga, gb = np.unique(a, return_inverse=True)[1], np.unique(b, return_inverse=True)[1]
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n_boot):
+        weights = np.bincount(rng.integers(0, len(y), len(y)), minlength=len(y))
+        pairs.append((_weighted_auc(ga, y, weights, int(ga.max()) + 1),
+                      _weighted_auc(gb, y, weights, int(gb.max()) + 1)))
+    pairs = np.array(pairs)
+    pairs = pairs[np.isfinite(pairs).all(axis=1)]
+    tail = (1 - level) / 2 * 100
+
+    def interval(values):
+        low, high = np.percentile(values, [tail, 100 - tail])
+        return float(low), float(high)
+
+    auc_a, auc_b = roc_auc(y, a), roc_auc(y, b)
+    return {"auc_a": auc_a, "auc_b": auc_b, "ci_a": interval(pairs[:, 0]), "ci_b": interval(pairs[:, 1]),
+            "diff": auc_b - auc_a, "diff_ci": interval(pairs[:, 1] - pairs[:, 0])}
+
+
 def summary(labels, probs, threshold: float = 0.5, n_boot: int = 1000) -> dict:
     """Every headline number in one flat dict (JSON-ready): AUCs with CI, threshold metrics, calibration.
 

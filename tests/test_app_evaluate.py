@@ -59,3 +59,36 @@ def test_the_roc_marker_sits_at_the_threshold_own_point(open_app, with_model, de
     rates = metrics.at_threshold(held["label"], held["prob"], 0.91)
     assert marker["x"][0] == pytest.approx(1 - rates["specificity"])
     assert marker["y"][0] == pytest.approx(rates["sensitivity"])
+
+
+def test_two_runs_are_compared_on_the_patches_both_held_out(open_app, trained_runs, demo_dir, tmp_path,
+                                                           monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    from pcam_core import infer, metrics
+    from pcam_core.data import open_dataset
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(trained_runs / "tiny", runs_dir / "tiny")
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "train", "--data", str(demo_dir), "--model",
+                           "base_cnn", "--crop", "32", "--epochs", "1", "--device", "cpu", "--out",
+                           str(runs_dir / "small")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(runs_dir))
+    at = open_app()
+    at.selectbox(key="model_choice").set_value("tiny").run()
+    at.switch_page("views/evaluate.py").run()
+    assert not at.exception
+    assert at.selectbox(key="eval_other").value == "small"
+    store = open_dataset(demo_dir)
+    a = infer.predictions_table([str(runs_dir / "tiny")], store, "holdout")
+    b = infer.predictions_table([str(runs_dir / "small")], store, "holdout")
+    both = a.merge(b[["id", "prob"]], on="id", suffixes=("", "_b"))
+    expected = metrics.compare_aucs(both["label"], both["prob"], both["prob_b"])
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["tiny"] == f"{expected['auc_a']:.4f}" and shown["small"] == f"{expected['auc_b']:.4f}"
+    assert shown["Difference (other - this)"] == f"{expected['diff']:+.4f}"
+    differ = int(((both["prob"] >= 0.5) != (both["prob_b"] >= 0.5)).sum())
+    assert f"{differ:,} patches get different calls at 0.5" in " ".join(c.value for c in at.caption)

@@ -1,10 +1,12 @@
 """Evaluate: ROC and PR curves, a live threshold with its confusion matrix, calibration, worst mistakes."""
 
+from pathlib import Path
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import sidebar, ui
-from pcam_core import metrics
+from pcam_core import metrics, runs
 
 PLOT = {"displaylogo": False}
 LAYOUT = dict(height=340, margin=dict(t=40, b=10, l=10, r=10), showlegend=False)
@@ -113,3 +115,52 @@ for title, wrong, descending in (("Top false positives", (y == 0) & (p >= thresh
     if chosen is not None:
         ui.open_in_inspect(chosen, mistakes["index"].to_numpy())
     st.caption(f"{len(mistakes):,} in all; Inspect walks through them from the worst.")
+
+
+@st.cache_data(max_entries=16)
+def compared(labels, probs_a, probs_b) -> dict:
+    return metrics.compare_aucs(labels, probs_a, probs_b)
+
+
+st.subheader("Compare with another run")
+registry = runs.list_runs(runs.runs_dir())
+others = registry[registry["checkpoint"] & (registry["data"] == ctx.dataset_key)
+                  & (registry["path"] != str(ctx.run))]
+if others.empty:
+    st.caption("No other run on this dataset yet: train one (for example on the reviewers' labels) to "
+               "compare the two on the patches both held out.")
+    st.stop()
+other = st.selectbox("Other run", others["run_id"].tolist(), key="eval_other",
+                     help="Both runs score the patches neither trained on, with the sidebar's TTA views.")
+other_run = Path(others.set_index("run_id").loc[other, "path"])
+if ui.holdout(*ui.model_key(other_run), store, store.fingerprint) is None or held_out is None:
+    st.caption("One of the runs does not say which patches it held out; it cannot be compared fairly.")
+    st.stop()
+both = ui.predictions(store, [ctx.run], "holdout", ctx.tta).merge(
+    ui.predictions(store, [other_run], "holdout", ctx.tta)[["id", "prob"]], on="id", suffixes=("", "_other"))
+both = both[both["label"] >= 0]
+if both.empty or len(set(both["label"])) < 2:
+    st.warning("The two runs held out no common patches of both classes: train them with the same seed and "
+               "validation share (or the same --val-ids) to compare them.")
+    st.stop()
+result = compared(both["label"].to_numpy(), both["prob"].to_numpy(), both["prob_other"].to_numpy())
+cols = st.columns(4)
+cols[0].metric(f"{ctx.run.name}", f"{result['auc_a']:.4f}",
+               help=f"ROC AUC; 95% interval {result['ci_a'][0]:.3f} to {result['ci_a'][1]:.3f}")
+cols[1].metric(other, f"{result['auc_b']:.4f}",
+               help=f"ROC AUC; 95% interval {result['ci_b'][0]:.3f} to {result['ci_b'][1]:.3f}")
+cols[2].metric("Difference (other - this)", f"{result['diff']:+.4f}",
+               help="Paired bootstrap: both runs are scored on the same 1,000 resamples of the patches.")
+low, high = result["diff_ci"]
+cols[3].metric("95% interval of the difference", f"{low:+.4f} to {high:+.4f}")
+differ = both[(both["prob"] >= 0.5) != (both["prob_other"] >= 0.5)]
+st.caption(f"On {len(both):,} patches both held out. "
+           + ("The interval excludes 0: the difference is more than the luck of the draw. "
+              if low > 0 or high < 0 else
+              "The interval includes 0: on these patches the runs are not told apart. ")
+           + f"{len(differ):,} patches get different calls at 0.5.")
+if len(differ):
+    st.dataframe(differ.rename(columns={"prob": f"P {ctx.run.name}", "prob_other": f"P {other}"})
+                 .drop(columns=["index", "spread"], errors="ignore"), hide_index=True, key="eval_differ")
+    if st.button(f"Inspect the {len(differ):,} patches they disagree on", key="eval_differ_open"):
+        ui.open_in_inspect(int(differ["index"].iloc[0]), differ["index"].to_numpy())
