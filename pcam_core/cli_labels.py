@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from pcam_core.cli_common import rank
+from pcam_core.cli_train import add_train_flags, show_training, stop_on_signals, train_config
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
     from pcam_core import runs
-    from pcam_core.cli import show_training, stop_on_signals, train_config
     from pcam_core.crossval import crossval, write_label_issues
 
     cfg = train_config(args)
@@ -94,8 +94,6 @@ def cmd_reviewed_labels(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    from pcam_core.cli import add_train_flags
-
     s = sub.add_parser("crossval", help="train K models on K stratified folds: out-of-fold P(tumour) for "
                                         "every labelled patch, and cleanlab's likely label errors")
     s.add_argument("--folds", type=int, default=5, help="K, at least 2 (default: 5)")

@@ -222,6 +222,14 @@ def _verdict_mask(table: pd.DataFrame, verdict: str) -> np.ndarray:
     return (table["verdict"] == verdict).to_numpy()
 
 
+def _check_choices(**choices: str) -> None:
+    allowed = {"label": ("any", "tumour", "normal"), "verdict": VERDICT_FILTERS,
+               "predicted": ("any", "tumour", "normal"), "outcome": OUTCOMES}
+    for name, value in choices.items():
+        if value not in allowed[name]:
+            raise ValueError(f"{name} {value!r} is not one of {list(allowed[name])}")
+
+
 def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predicted: str = "any",
            outcome: str = "any", prob: tuple[float, float] = (0.0, 1.0), min_priority: float = 0.0,
            queue: bool = False, sort: tuple[str, bool] | None = None, mislabelled: bool = False
@@ -244,12 +252,7 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
     Raises:
         ValueError: an unknown choice, or a model filter on a table without predictions.
     """
-    for name, value, allowed in (("label", label, ("any", "tumour", "normal")),
-                                 ("verdict", verdict, VERDICT_FILTERS),
-                                 ("predicted", predicted, ("any", "tumour", "normal")),
-                                 ("outcome", outcome, OUTCOMES)):
-        if value not in allowed:
-            raise ValueError(f"{name} {value!r} is not one of {list(allowed)}")
+    _check_choices(label=label, verdict=verdict, predicted=predicted, outcome=outcome)
     has_preds = "prob" in table
     if not has_preds and (predicted != "any" or outcome != "any" or min_priority > 0 or prob != (0.0, 1.0)):
         raise ValueError("filters on predictions need a model: the table has no prob column")

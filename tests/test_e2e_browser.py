@@ -175,3 +175,34 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
     grid = slide_map.grid
     assert parse_cell_id(rows["patch_id"].iloc[0]) == grid.window_box(row, col)  # the clicked cell's window
     print(f"screenshots in {shots}")
+
+
+def test_two_reviewers_disagree_and_the_patch_joins_the_conflict_queue(server, demo_dir, tmp_path):
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1800})
+        for reviewer, key in (("Dr Ann", "y"), ("Dr Ben", "n")):  # the same first patch, opposite answers
+            page.goto(f"{server}/inspect")
+            settle(page)
+            page.get_by_label("Reviewer", exact=True).fill(reviewer)
+            page.get_by_label("Reviewer", exact=True).press("Enter")
+            settle(page)
+            page.get_by_role("heading", name="Inspect").first.click()  # focus off the text box
+            page.keyboard.press(key)
+            settle(page)
+        page.get_by_role("link", name="Reviewers").click()
+        settle(page)
+        page.screenshot(path=shots / "reviewers.png", full_page=True)
+        assert errors_on(page) == 0
+        assert page.get_by_role("heading", name="Conflicts (1)").count() == 1
+        page.get_by_role("button", name="Review the 1 conflicts in Inspect").click()
+        page.get_by_role("heading", name="Inspect").wait_for()
+        settle(page)
+        assert page.get_by_text("Patch 1 of 1 in the current filter").count() == 1
+        page.screenshot(path=shots / "conflict-in-inspect.png")
+        browser.close()
+    history = ReviewStore(tmp_path / "reviews.sqlite").history(str(demo_dir.resolve()))
+    assert history[["reviewer", "verdict"]].values.tolist() == [["Dr Ann", "tumour"], ["Dr Ben", "normal"]]
+    print(f"screenshots in {shots}")

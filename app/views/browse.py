@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import sidebar, ui
+from app import scoring, sidebar, ui
 from pcam_core import review
 
 SORTS = {"dataset order": None, "probability, high first": ("prob", False),
@@ -49,7 +49,7 @@ mislabelled = row[4].toggle(
          + (f"From a {issues['folds'].iloc[0]}-fold crossval of {issues['model'].iloc[0]}." if checked
             else "No finished crossval of this split yet."))
 
-preds, scoring = ui.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
+preds, scoring = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 if checked:
@@ -59,7 +59,7 @@ has_preds = preds is not None
 
 
 @st.fragment(run_every=1.0)
-def scoring_progress(job: ui.BackgroundScoring) -> None:
+def scoring_progress(job: scoring.BackgroundScoring) -> None:
     """While the split is scored in the background: its progress, then a rerun of the page."""
     if job.running:
         share = job.done / job.total if job.total else 0.0
@@ -115,7 +115,7 @@ if shown.empty:
 tiles = shown.iloc[start:start + size]
 if scoring is not None:  # the page's own patches, scored now with the model the app holds
     run, mtime = ui.model_key(ctx.run)
-    tiles = tiles.merge(ui.page_predictions(run, mtime, store, store.fingerprint,
+    tiles = tiles.merge(scoring.page_predictions(run, mtime, store, store.fingerprint,
                                             tuple(tiles["index"].tolist()), ctx.tta), on="index")
 captions = ui.tile_captions(tiles)
 if mislabelled and checked:  # the out-of-fold probability the flag rests on

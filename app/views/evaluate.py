@@ -5,7 +5,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import sidebar, ui
+from app import scoring, sidebar, ui
 from pcam_core import metrics, runs
 
 PLOT = {"displaylogo": False}
@@ -37,7 +37,7 @@ row[1].metric("TTA views", ctx.tta, help="Set in the sidebar, for every page.")
 if choices[split] == "holdout" and not ui.run_config(run, mtime).get("groups"):
     st.caption("This run drew its validation patches at random, so patches of one slide may sit on both "
                "sides and the held-out AUC is optimistic; `train --groups` holds out whole slides.")
-preds = ui.predictions(store, [ctx.run], choices[split], ctx.tta)  # held out: scores only those patches
+preds = scoring.predictions(store, [ctx.run], choices[split], ctx.tta)  # held out: scores only those patches
 y, p = preds["label"].to_numpy(), preds["prob"].to_numpy()
 try:
     head = ui.headline_metrics(y, p)
@@ -136,8 +136,9 @@ other_run = Path(others.set_index("run_id").loc[other, "path"])
 if ui.holdout(*ui.model_key(other_run), store, store.fingerprint) is None or held_out is None:
     st.caption("One of the runs does not say which patches it held out; it cannot be compared fairly.")
     st.stop()
-both = ui.predictions(store, [ctx.run], "holdout", ctx.tta).merge(
-    ui.predictions(store, [other_run], "holdout", ctx.tta)[["id", "prob"]], on="id", suffixes=("", "_other"))
+mine = scoring.predictions(store, [ctx.run], "holdout", ctx.tta)
+theirs = scoring.predictions(store, [other_run], "holdout", ctx.tta)[["id", "prob"]]
+both = mine.merge(theirs, on="id", suffixes=("", "_other"))
 both = both[both["label"] >= 0]
 if both.empty or len(set(both["label"])) < 2:
     st.warning("The two runs held out no common patches of both classes: train them with the same seed and "

@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import sidebar, ui
+from app import scoring, sidebar, ui
 from pcam_core import runs
 from pcam_core.submission import build_submission, validate_submission
 
@@ -47,7 +47,7 @@ if st.session_state.get("submit_request") != (tuple(chosen), tta):
                "request for the same models is instant.")
     st.stop()
 
-preds = ui.predictions(store, [Path(names[c]) for c in chosen], "test", tta)
+preds = scoring.predictions(store, [Path(names[c]) for c in chosen], "test", tta)
 try:
     table = build_submission(preds, store)
 except ValueError as e:
