@@ -73,9 +73,19 @@ def assign_folds(ids: np.ndarray, labels: np.ndarray, folds: int, seed: int,
     return fold
 
 
+def _store(cfg: TrainConfig):
+    """The dataset with the labels the runs train on (`cfg.labels` in place of the given ones)."""
+    from pcam_core.data import open_dataset
+    from pcam_core.splits import relabelled
+
+    store = open_dataset(cfg.data)
+    if cfg.labels:
+        store.labels, _ = relabelled(store, cfg.labels)
+    return store
+
+
 def _setup(cfg: TrainConfig, folds: int, out: Path) -> pd.DataFrame:
     """The crossval folder's fold table: drawn and written on the first start, read and checked after."""
-    from pcam_core.data import open_dataset
 
     settings = {"folds": folds, "config": {**asdict(cfg), "out": None, "val_ids": None, "resume": None,
                                            "device": None, "threads": None}}
@@ -88,9 +98,11 @@ def _setup(cfg: TrainConfig, folds: int, out: Path) -> pd.DataFrame:
             raise ValueError(f"{out} holds a crossval with other settings ({', '.join(changed)}); resume it "
                              f"with the same ones or choose a new --out")
         return pd.read_csv(out / "folds.csv", dtype={"id": str})
-    store = open_dataset(cfg.data)
+    store = _store(cfg)
     labelled = store.split_indices("train")
     labelled = labelled[store.labels[labelled] >= 0]
+    if cfg.exclude_ids:
+        labelled = np.setdiff1d(labelled, store.index_of(pd.read_csv(cfg.exclude_ids, dtype=str)["id"]))
     if not len(labelled):
         raise ValueError(f"{store.root} has no labelled training patches to cross-validate")
     groups = read_groups(store, cfg.groups)[labelled] if cfg.groups else None
@@ -152,9 +164,8 @@ def crossval(cfg: TrainConfig, folds: int, out: str | Path,
 def out_of_fold(out: Path, cfg: TrainConfig, table: pd.DataFrame) -> pd.DataFrame:
     """Every fold's run scores the patches it held out; the table of all of them, written as oof.csv."""
     from pcam_core import infer
-    from pcam_core.data import open_dataset
 
-    store = open_dataset(cfg.data)
+    store = _store(cfg)  # the label column: what the runs trained on, which cleanlab then questions
     parts = []
     for k in sorted(table["fold"].unique()):
         scored = infer.predictions_table([str(out / f"fold-{k}")], store, "holdout", tta=cfg.val_tta,

@@ -238,3 +238,20 @@ def _write_demo(out: Path, n_train: int, n_test: int, seed: int, progress) -> di
     np.savez_compressed(out / "tumour_masks.npz", ids=np.array(ids), bits=np.stack(bits))
     n_positive = sum(label for _, label in rows["train"])
     return {"n_train": n_train, "n_test": n_test, "n_positive": n_positive}
+
+
+def noisy_copy(data: str | Path, out: str | Path, share: float = 0.05, seed: int = 0) -> set[str]:
+    """A copy of a labelled Kaggle-layout folder with `share` of its training labels flipped (0 <-> 1),
+    chosen at random with `seed`, to measure how well label errors are found. The image folders and masks
+    are linked, not copied. Returns the flipped ids."""
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True)
+    for name in ("train", "test", "tumour_masks.npz", "sample_submission.csv"):
+        if (data / name).exists():
+            (out / name).symlink_to((data / name).resolve())
+    labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+    rng = np.random.default_rng(seed)
+    flip = rng.choice(len(labels), size=round(share * len(labels)), replace=False)
+    labels.loc[flip, "label"] = 1 - labels.loc[flip, "label"]
+    labels.to_csv(out / "train_labels.csv", index=False)
+    return set(labels["id"].iloc[flip])

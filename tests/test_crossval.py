@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from noise import noisy_copy
 
 from pcam_core import crossval
 from pcam_core.config import TrainConfig
+from pcam_core.demo import noisy_copy
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(model="base_cnn", crop=48, epochs=8, batch_size=32, device="cpu")
@@ -91,3 +91,20 @@ def test_label_issues_cli_and_its_errors(noisy, tmp_path):
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode != 0
     assert len(missing.stderr.strip().splitlines()) == 1 and "run `crossval`" in missing.stderr
+
+
+def test_folds_leave_out_the_excluded_and_stratify_on_the_labels_given(demo_dir, tmp_path):
+    from pcam_core.data import open_dataset
+
+    store = open_dataset(demo_dir)
+    train = store.split_indices("train")
+    pd.DataFrame({"id": store.ids[train[:50]]}).to_csv(tmp_path / "exclude.csv", index=False)
+    relabel = pd.DataFrame({"id": store.ids[train], "label": 1})  # every patch called tumour but one
+    relabel.loc[0, "label"] = 0
+    relabel.to_csv(tmp_path / "labels.csv", index=False)
+    cfg = TrainConfig(data=str(demo_dir), **FAST, exclude_ids=str(tmp_path / "exclude.csv"))
+    table = crossval._setup(cfg, 3, tmp_path / "cv")
+    assert len(table) == len(train) - 50 and not set(table["id"]) & set(store.ids[train[:50]])
+    with pytest.raises(ValueError, match="1 normal"):  # the folds see the labels the runs will train on
+        crossval._setup(TrainConfig(data=str(demo_dir), **FAST, labels=str(tmp_path / "labels.csv")), 3,
+                        tmp_path / "cv2")
