@@ -41,16 +41,26 @@ def rate(fn: Callable[[], int], min_seconds: float = 1.0) -> float:
             return n / elapsed
 
 
+# the instruction sets that decide which CPU path is fastest (bf16 autocast, oneDNN kernels)
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """The CPU as a benchmark row must name it: model name, family/model (virtual machines often show a
+    bare "AMD EPYC"), cores and the ISA flags that matter here; and the GPU when there is one."""
+    cpu, info = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    text = f"{cpu}, {os.cpu_count()} cores"
+    cpu = info.get("model name", cpu)
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
+    flags = set(info.get("flags", "").split())
+    isa = "/".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
+    text = f"{cpu}, {os.cpu_count()} cores, {isa}"
     # nvidia-smi rather than torch: importing torch here would make the data section's pack start its
     # workers the slow, thread-safe way (see pack.pool_context) and measure that instead.
     try:

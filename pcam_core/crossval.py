@@ -266,10 +266,19 @@ def progress(folder: str | Path) -> dict:
     status = runs.status(folder / f"fold-{fold}") if fold else {"state": "starting"}
     if (folder / "oof.csv").is_file():
         state = "finished"
-    elif runs.alive(job.get("pid")):
+    elif runs.alive(job.get("pid")) or status.get("alive"):  # from the app, or a CLI run in its fold
         state = "running"
     else:
         state = "stopped"
     return {"state": state, "folds": folds, "fold": fold, "run": status, "pid": job.get("pid"),
             "model": settings.get("config", {}).get("model") or (command[command.index("--model") + 1]
                                                                  if "--model" in command else "?")}
+
+
+def list_folders(folder: str | Path) -> list[Path]:
+    """Every crossval folder under `folder` (started from the app or the CLI, finished or not), newest
+    first."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if p.is_dir() and ((p / "crossval.json").is_file()
+             or runs.read_json(p / "job.json").get("kind") == "crossval")] if folder.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)

@@ -324,8 +324,8 @@ def list_runs(folder: str | Path) -> pd.DataFrame:
     for run_dir in folder.iterdir() if folder.is_dir() else []:
         if not any((run_dir / name).is_file() for name in ("job.json", "status.json")):
             continue
-        if read_json(run_dir / "job.json").get("kind") == "crossval":  # K runs inside: `crossval.progress`
-            continue
+        if (run_dir / "crossval.json").is_file() or read_json(run_dir / "job.json").get("kind") == "crossval":
+            continue  # K runs inside: `crossval.progress`
         config = read_json(run_dir / "config.json")
         st = status(run_dir)
         started = st.get("started") or run_dir.stat().st_mtime  # runs started from the CLI have no job.json

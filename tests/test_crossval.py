@@ -108,3 +108,20 @@ def test_folds_leave_out_the_excluded_and_stratify_on_the_labels_given(demo_dir,
     with pytest.raises(ValueError, match="1 normal"):  # the folds see the labels the runs will train on
         crossval._setup(TrainConfig(data=str(demo_dir), **FAST, labels=str(tmp_path / "labels.csv")), 3,
                         tmp_path / "cv2")
+
+
+def test_torchrun_two_cpu_processes_give_one_crossval(demo_dir, tmp_path):
+    import os
+
+    out = tmp_path / "cv"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "pcam_core", "crossval", "--data", str(demo_dir), "--folds", "2", "--model", "base_cnn",
+           "--crop", "32", "--batch-size", "16", "--epochs", "1", "--threads", "1", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    oof = crossval.read_oof(out)
+    assert len(oof) == 600 and oof["id"].is_unique and set(oof["fold"]) == {1, 2}
+    for k in (1, 2):
+        assert (out / f"fold-{k}" / "best.pt").is_file()
+    assert done.stdout.count("out-of-fold AUC") == 1  # rank 0 alone reports

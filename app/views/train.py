@@ -98,8 +98,7 @@ if started:
 @st.fragment(run_every=2)
 def crossvals() -> None:
     """The cross-validations of this dataset: the fold training now, Stop / Resume, the result."""
-    folders = sorted((p for p in runs.runs_dir().glob("crossval-*") if (p / "job.json").is_file()),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    folders = crossval.list_folders(runs.runs_dir())
     if not folders:
         return
     st.subheader("Cross-validations")
