@@ -149,11 +149,11 @@ def label_check(dataset_key: str) -> pd.DataFrame | None:
                                                                        model=newest["model"])
 
 
-@st.cache_data(max_entries=4)
+@st.cache_data(max_entries=4, show_spinner="Ranking the labels (cleanlab)")
 def _label_issues(path: str, mtime: float) -> pd.DataFrame:
     from pcam_core import crossval
 
-    return crossval.label_issues(crossval.read_oof(path))
+    return crossval.read_label_issues(path)
 
 
 @st.cache_data(max_entries=16)

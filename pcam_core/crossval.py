@@ -220,10 +220,23 @@ def label_issues(oof: pd.DataFrame) -> pd.DataFrame:
     p = np.clip(oof["prob"].to_numpy(np.float64), 1e-6, 1 - 1e-6)
     probs = np.column_stack([1 - p, p])
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    issue = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: cleanlab's default forks a worker per core, which is slower at these sizes and unsafe in a
+    # threaded process such as the app's server (a fork may inherit a held lock)
+    issue = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     table = oof.assign(quality=quality, issue=issue)
     table = table.sort_values(["quality", "id"], kind="stable", ignore_index=True)
     return table.assign(rank=np.arange(1, len(table) + 1))[list(ISSUE_COLUMNS)]
+
+
+def read_label_issues(crossval_dir: str | Path) -> pd.DataFrame:
+    """label_issues.csv of a crossval folder when it is newer than its oof.csv, else computed afresh."""
+    path = Path(crossval_dir) / "label_issues.csv"
+    oof = Path(crossval_dir) / "oof.csv"
+    if path.is_file() and oof.is_file() and path.stat().st_mtime >= oof.stat().st_mtime:
+        table = pd.read_csv(path, dtype={"id": str})
+        if list(table.columns) == list(ISSUE_COLUMNS):
+            return table.astype({"issue": bool})
+    return label_issues(read_oof(crossval_dir))
 
 
 def write_label_issues(crossval_dir: str | Path, out: str | Path | None = None) -> pd.DataFrame:

@@ -18,7 +18,7 @@ def test_threshold_updates_the_confusion_and_rates(open_app, with_model, page_te
     metrics = {m.label: m.value for m in at.metric}
     assert 0.5 <= float(metrics["ROC AUC"]) <= 1
     assert metrics["Patches"] == "60"  # val_frac 0.1 of 600
-    low, high = (float(v) for v in metrics["95% interval"].split(" to "))
+    low, high = (float(v) for v in metrics["95% interval"].split("–"))
     assert low <= float(metrics["ROC AUC"]) <= high
 
     at.slider(key="eval_threshold").set_value(0.0).run()

@@ -49,7 +49,7 @@ mislabelled = row[4].toggle(
          + (f"From a {issues['folds'].iloc[0]}-fold crossval of {issues['model'].iloc[0]}." if checked
             else "No finished crossval of this split yet."))
 
-preds, scoring = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
+preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 if checked:
@@ -81,8 +81,8 @@ if has_preds:
     min_priority = row[3].slider("Min. uncertainty", 0.0, 2.0, 0.0, 0.05, key="browse_priority", **keep,
                                  help="Doubt (1 at p = 0.5) plus twice the TTA spread.")
     sort = row[4].selectbox("Sort", list(SORTS), key="browse_sort", disabled=queue, **keep)
-elif scoring is not None:
-    scoring_progress(scoring)
+elif pending is not None:
+    scoring_progress(pending)
     asked = {key: st.session_state.get(key, default) for key, default in MODEL_CHOICES.items()}
     if queue or verdict == "differs from the model" or any(
             (tuple(v) if isinstance(v, list) else v) != MODEL_CHOICES[k] for k, v in asked.items()):
@@ -113,7 +113,7 @@ if shown.empty:
     st.warning("No patch matches these filters.")
     st.stop()
 tiles = shown.iloc[start:start + size]
-if scoring is not None:  # the page's own patches, scored now with the model the app holds
+if pending is not None:  # the page's own patches, scored now with the model the app holds
     run, mtime = ui.model_key(ctx.run)
     tiles = tiles.merge(scoring.page_predictions(run, mtime, store, store.fingerprint,
                                             tuple(tiles["index"].tolist()), ctx.tta), on="index")

@@ -45,11 +45,11 @@ except ValueError as e:
     st.error(f"Cannot evaluate on {split}: {e}")
     st.stop()
 
-cols = st.columns(5)
+cols = st.columns([1, 1.4, 1, 1, 1])  # the interval's column is wider: nothing cut off at 1400 px
 cols[0].metric("ROC AUC", f"{head['roc_auc']:.4f}",
                help="Kaggle's metric: the chance that a random tumour patch gets a higher P(tumour) than a "
                     "random normal one (0.5 is guessing, 1 is perfect ranking).")
-cols[1].metric("95% interval", f"{head['ci'][0]:.3f} to {head['ci'][1]:.3f}",
+cols[1].metric("95% interval", f"{head['ci'][0]:.3f}–{head['ci'][1]:.3f}",
                help="Where the ROC AUC would fall on another set of patches like these (bootstrap, 1,000 "
                     "resamples).")
 cols[2].metric("PR AUC", f"{head['pr_auc']:.4f}",
@@ -145,15 +145,15 @@ if both.empty or len(set(both["label"])) < 2:
                "validation share (or the same --val-ids) to compare them.")
     st.stop()
 result = compared(both["label"].to_numpy(), both["prob"].to_numpy(), both["prob_other"].to_numpy())
-cols = st.columns(4)
-cols[0].metric(f"{ctx.run.name}", f"{result['auc_a']:.4f}",
-               help=f"ROC AUC; 95% interval {result['ci_a'][0]:.3f} to {result['ci_a'][1]:.3f}")
-cols[1].metric(other, f"{result['auc_b']:.4f}",
-               help=f"ROC AUC; 95% interval {result['ci_b'][0]:.3f} to {result['ci_b'][1]:.3f}")
-cols[2].metric("Difference (other - this)", f"{result['diff']:+.4f}",
-               help="Paired bootstrap: both runs are scored on the same 1,000 resamples of the patches.")
+cols = st.columns(3)  # each interval under its number, in the small print a long one fits in
+cols[0].metric(ctx.run.name, f"{result['auc_a']:.4f}", delta_color="off", delta_arrow="off",
+               delta=f"95% CI {result['ci_a'][0]:.3f}–{result['ci_a'][1]:.3f}", help="ROC AUC")
+cols[1].metric(other, f"{result['auc_b']:.4f}", delta_color="off", delta_arrow="off",
+               delta=f"95% CI {result['ci_b'][0]:.3f}–{result['ci_b'][1]:.3f}", help="ROC AUC")
 low, high = result["diff_ci"]
-cols[3].metric("95% interval of the difference", f"{low:+.4f} to {high:+.4f}")
+cols[2].metric("Difference (other - this)", f"{result['diff']:+.4f}", delta_color="off", delta_arrow="off",
+               delta=f"95% CI {low:+.4f} to {high:+.4f}",
+               help="Paired bootstrap: both runs are scored on the same 1,000 resamples of the patches.")
 differ = both[(both["prob"] >= 0.5) != (both["prob_other"] >= 0.5)]
 st.caption(f"On {len(both):,} patches both held out. "
            + ("The interval excludes 0: the difference is more than the luck of the draw. "
