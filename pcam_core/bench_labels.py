@@ -27,11 +27,9 @@ SETTINGS = {"demo": dict(model="base_cnn", crop=48, epochs=4, batch_size=64),
 def bench_label_noise(data_dir: Path, device: str) -> list[dict]:
     from sklearn.model_selection import train_test_split
 
-    from pcam_core import crossval, infer, metrics
+    from pcam_core import crossval
     from pcam_core.config import TrainConfig
-    from pcam_core.data import open_dataset
     from pcam_core.demo import noisy_copy
-    from pcam_core.train import fit
 
     clean = pd.read_csv(Path(data_dir) / "train_labels.csv", dtype={"id": str})
     settings = SETTINGS["demo" if (Path(data_dir) / "tumour_masks.npz").is_file() else "real"]
@@ -63,29 +61,39 @@ def bench_label_noise(data_dir: Path, device: str) -> list[dict]:
             {"what": "flipped labels flagged by cleanlab (recall)", "value": len(flagged & flipped) /
              len(flipped), "unit": "share"},
         ]
-        corrected = pd.read_csv(tmp / "noisy" / "train_labels.csv", dtype={"id": str})
-        turn = corrected["id"].isin(flagged)
-        corrected.loc[turn, "label"] = 1 - corrected.loc[turn, "label"]
-        corrected.to_csv(tmp / "corrected.csv", index=False)
-        store = open_dataset(tmp / "noisy")
-        truth = clean.set_index("id")["label"]
-        scored = {}
-        versions = (("noisy labels", None), ("flagged labels turned over", str(tmp / "corrected.csv")))
-        for name, labels in versions:
-            run = tmp / name.replace(" ", "-")
-            for _ in fit(replace(base, val_ids=str(tmp / "test_ids.csv"), labels=labels, out=str(run))):
-                pass
-            table = infer.predictions_table([str(run)], store, "holdout", device=device)
-            scored[name] = table.assign(truth=truth.reindex(table["id"]).to_numpy()).sort_values("id")
-        a, b = scored["noisy labels"], scored["flagged labels turned over"]
-        result = metrics.compare_aucs(a["truth"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy())
-        what = f"held-out AUC on {len(a):,} clean test patches (true labels), trained on"
-        rows += [
-            {"what": f"{what} the noisy labels (95% CI {result['ci_a'][0]:.3f}-{result['ci_a'][1]:.3f})",
-             "value": result["auc_a"], "unit": "AUC"},
-            {"what": f"{what} cleanlab's flags turned over (95% CI {result['ci_b'][0]:.3f}-"
-                     f"{result['ci_b'][1]:.3f})", "value": result["auc_b"], "unit": "AUC"},
-            {"what": f"difference (paired bootstrap 95% CI {result['diff_ci'][0]:+.4f} to "
-                     f"{result['diff_ci'][1]:+.4f})", "value": result["diff"], "unit": "AUC"},
-        ]
+        rows += _retrain_and_compare(base, tmp, flagged, clean, device)
     return rows
+
+
+def _retrain_and_compare(base, tmp: Path, flagged: set[str], clean: pd.DataFrame, device: str) -> list[dict]:
+    """The same model trained on the noisy labels, and on them with `flagged` turned over, each scored on
+    the clean test set against the true labels."""
+    from pcam_core import infer, metrics
+    from pcam_core.data import open_dataset
+    from pcam_core.train import fit
+
+    corrected = pd.read_csv(tmp / "noisy" / "train_labels.csv", dtype={"id": str})
+    turn = corrected["id"].isin(flagged)
+    corrected.loc[turn, "label"] = 1 - corrected.loc[turn, "label"]
+    corrected.to_csv(tmp / "corrected.csv", index=False)
+    store = open_dataset(tmp / "noisy")
+    truth = clean.set_index("id")["label"]
+    scored = {}
+    versions = (("noisy labels", None), ("flagged labels turned over", str(tmp / "corrected.csv")))
+    for name, labels in versions:
+        run = tmp / name.replace(" ", "-")
+        for _ in fit(replace(base, val_ids=str(tmp / "test_ids.csv"), labels=labels, out=str(run))):
+            pass
+        table = infer.predictions_table([str(run)], store, "holdout", device=device)
+        scored[name] = table.assign(truth=truth.reindex(table["id"]).to_numpy()).sort_values("id")
+    a, b = scored["noisy labels"], scored["flagged labels turned over"]
+    result = metrics.compare_aucs(a["truth"].to_numpy(), a["prob"].to_numpy(), b["prob"].to_numpy())
+    what = f"held-out AUC on {len(a):,} clean test patches (true labels), trained on"
+    return [
+        {"what": f"{what} the noisy labels (95% CI {result['ci_a'][0]:.3f}-{result['ci_a'][1]:.3f})",
+         "value": result["auc_a"], "unit": "AUC"},
+        {"what": f"{what} cleanlab's flags turned over (95% CI {result['ci_b'][0]:.3f}-"
+                 f"{result['ci_b'][1]:.3f})", "value": result["auc_b"], "unit": "AUC"},
+        {"what": f"difference (paired bootstrap 95% CI {result['diff_ci'][0]:+.4f} to "
+                 f"{result['diff_ci'][1]:+.4f})", "value": result["diff"], "unit": "AUC"},
+    ]

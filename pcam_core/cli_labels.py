@@ -43,8 +43,8 @@ def cmd_crossval(args: argparse.Namespace) -> int:
     show_training(folds(), cfg.epochs)
     if "oof_auc" not in finished:
         return 1 if finished.get("stopped") else 0
-    issues = write_label_issues(out)
-    if rank() == 0:
+    if rank() == 0:  # oof.csv is rank 0's to write, and so is what follows from it
+        issues = write_label_issues(out)
         print(f"out-of-fold AUC {finished['oof_auc']:.4f} on {finished['n']:,} patches: {finished['path']}")
         print(f"cleanlab flags {int(issues['issue'].sum()):,} likely label errors: "
               f"{out / 'label_issues.csv'}")

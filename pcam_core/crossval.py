@@ -132,9 +132,18 @@ def crossval(cfg: TrainConfig, folds: int, out: str | Path,
         folds: K >= 2.
         out: the crossval folder (created; an existing one with the same settings is resumed).
     """
+    from pcam_core.distributed import Distributed
+
+    group = Distributed(cfg.device)  # under torchrun: one process group for every fold
+    try:
+        yield from _folds(cfg, folds, Path(out), stop)
+    finally:
+        group.close()
+
+
+def _folds(cfg: TrainConfig, folds: int, out: Path, stop: threading.Event | None) -> Iterator[dict]:
     from pcam_core.train import fit
 
-    out = Path(out)
     cfg = default_groups(cfg)
     table = _setup(cfg, folds, out)
     for k in range(1, folds + 1):

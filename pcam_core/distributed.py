@@ -27,7 +27,10 @@ class Distributed:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
             torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
+        # the one that starts the process group ends it: crossval holds one group across its folds (a group
+        # destroyed and started again on torchrun's store can hang)
+        self.owner = self.world > 1 and not dist.is_initialized()
+        if self.owner:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
     @property
@@ -70,5 +73,5 @@ class Distributed:
         return out
 
     def close(self) -> None:
-        if self.world > 1 and dist.is_initialized():
+        if self.owner and dist.is_initialized():
             dist.destroy_process_group()

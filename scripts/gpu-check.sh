@@ -60,4 +60,7 @@ for w in 4 8 12; do
         --stride 96 --workers "$w" --device "$device" --out "$tmp/maps-w$w"
 done
 step bench-slides 300 $py -m pcam_core bench --data "$tmp/demo" --device "$device" --only slides
+# issue 13: 5-fold crossval of lite0 on the 220k tiled set (one epoch per fold), its wall time and flags
+step crossval-lite0-5f 420 $py -m pcam_core crossval --data "$tmp/kaggle" --folds 5 --model efficientnet_lite0 \
+    --pretrained --epochs 1 --batch-size 512 --device "$device" --out "$tmp/cv-lite0"
 cat "$out/summary.txt"
