@@ -66,22 +66,29 @@ class LogitTarget:
 
 def layer_names(model: nn.Module, crop: int = PATCH) -> list[str]:
     """Names of the submodules whose output is a feature map (B, C, H, W): the valid `layer` values."""
-    found: list[str] = []
+    return list(_feature_sides(model, crop))
+
+
+def _feature_sides(model: nn.Module, crop: int, names: list[str] | None = None) -> dict[str, int]:
+    """Height of the feature map (B, C, H, W) each submodule (or each of `names`) outputs on a crop x crop
+    input, in the order of the forward pass; modules with other outputs are left out."""
+    sides: dict[str, int] = {}
 
     def record(name: str):
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor) and output.dim() == 4:
-                found.append(name)
+                sides.setdefault(name, int(output.shape[-2]))
         return hook
 
-    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
+    chosen = names if names is not None else [name for name, _ in model.named_modules() if name]
+    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in chosen]
     try:
         with torch.no_grad():
             model(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device))
     finally:
         for h in handles:
             h.remove()
-    return list(dict.fromkeys(found))
+    return sides
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ def cam_layers(model: nn.Module, crop: int = PATCH) -> list[CamLayer]:
     else:
         named = [(name, f"conv {i + 1}") for i, (name, _) in enumerate(
             (n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))]
-    sides = _output_sides(model, [name for name, _ in named if _has(model, name)], crop)
+    sides = _feature_sides(model, crop, [name for name, _ in named if _has(model, name)])
     return [CamLayer(name, f"{label} · {sides[name]} x {sides[name]}", sides[name])
             for name, label in named if sides.get(name, 0) >= 2]
 
@@ -150,26 +157,6 @@ def _has(model: nn.Module, name: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def _output_sides(model: nn.Module, names: list[str], crop: int) -> dict[str, int]:
-    """Height of each named module's output on a crop x crop input (square inputs give square maps)."""
-    sides: dict[str, int] = {}
-
-    def record(name: str):
-        def hook(module, inputs, output):
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
-                sides.setdefault(name, int(output.shape[-2]))
-        return hook
-
-    handles = [model.get_submodule(name).register_forward_hook(record(name)) for name in names]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, 3, crop, crop, device=next(model.parameters()).device))
-    finally:
-        for h in handles:
-            h.remove()
-    return sides
 
 
 def _target_layer(model: nn.Module, layer: str | None, crop: int) -> nn.Module:

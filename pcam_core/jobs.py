@@ -178,7 +178,12 @@ def stop(run_dir: str | Path) -> bool:
 
 def stop_crossval(folder: str | Path) -> bool:
     """Asks a running crossval job to stop (its fold saves a resumable checkpoint). False when not running."""
-    pid = _job(Path(folder)).get("pid")
+    return _terminate(Path(folder))
+
+
+def _terminate(folder: Path) -> bool:
+    """One SIGTERM to the job recorded in folder/job.json, when it runs; whether one was sent."""
+    pid = _job(folder).get("pid")
     if not runs.alive(pid):
         return False
     os.kill(pid, signal.SIGTERM)
@@ -200,8 +205,4 @@ def _job(run_dir: Path) -> dict:
 
 def stop_slide_map(folder: str | Path) -> bool:
     """Asks a running scoring job to stop (it saves the map so far first). False when not running."""
-    pid = _job(Path(folder)).get("pid")
-    if not runs.alive(pid):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    return True
+    return _terminate(Path(folder))
