@@ -261,8 +261,7 @@ def list_crossvals(folder: str | Path) -> pd.DataFrame:
     """Finished crossval folders under `folder` (the runs folder), newest first: path, data (the resolved
     dataset folder), model, folds."""
     rows = []
-    folder = Path(folder)
-    for path in folder.iterdir() if folder.is_dir() else []:
+    for path in list_folders(folder):
         if not (path / "crossval.json").is_file() or not (path / "oof.csv").is_file():
             continue
         settings = runs.read_json(path / "crossval.json")
