@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pcam_core import cli_labels, cli_predict, cli_slide, cli_train
+from pcam_core import cli_embed, cli_labels, cli_predict, cli_slide, cli_train
 from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, rank
 
 
@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_predict.add_parsers(sub)
     cli_slide.add_parsers(sub)
     cli_labels.add_parsers(sub)
+    cli_embed.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

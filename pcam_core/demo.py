@@ -255,3 +255,56 @@ def noisy_copy(data: str | Path, out: str | Path, share: float = 0.05, seed: int
     labels.loc[flip, "label"] = 1 - labels.loc[flip, "label"]
     labels.to_csv(out / "train_labels.csv", index=False)
     return set(labels["id"].iloc[flip])
+
+
+def duplicated_copy(data: str | Path, out: str | Path, per_transform: int = 2, jpeg: int = 8,
+                    seed: int = 0) -> pd.DataFrame:
+    """A copy of a Kaggle-layout folder with duplicates planted, to measure how well they are found.
+
+    For each of the 8 dihedral transforms, `per_transform` training patches are copied under it (pixels
+    identical up to the transform); `jpeg` more are re-compressed as JPEG at quality 90 (near copies). The
+    sources are distinct tissue patches (no blank glass), every other copy goes to test/, and the
+    originals are linked, not copied. Returns the planted pairs: source, copy, copy_split, kind ("exact"
+    or "near"), transform.
+    """
+    import io
+
+    from PIL import Image
+
+    from pcam_core.duplicates import dihedral
+    from pcam_core.pack import patch_stats
+
+    data, out = Path(data), Path(out)
+    labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
+    tests = pd.read_csv(data / "sample_submission.csv", dtype={"id": str})
+    for split, ids in (("train", labels["id"]), ("test", tests["id"])):
+        (out / split).mkdir(parents=True)
+        for pid in ids:
+            (out / split / f"{pid}.tif").symlink_to((data / split / f"{pid}.tif").resolve())
+    rng = np.random.default_rng(seed)
+    wanted, sources = 8 * per_transform + jpeg, []
+    for row in rng.permutation(len(labels)):
+        image = tifffile.imread(data / "train" / f"{labels['id'].iloc[row]}.tif")
+        if patch_stats(image[None])[0, -1] >= 0.1:  # tissue_frac: blank glass is left out of near search
+            sources.append((row, image))
+        if len(sources) == wanted:
+            break
+    planted, new_labels, new_tests = [], [], []
+    for n, (row, image) in enumerate(sources):
+        source = labels["id"].iloc[row]
+        if n < 8 * per_transform:
+            kind, k, copy = "exact", n % 8, np.ascontiguousarray(dihedral(image, n % 8))
+        else:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, "JPEG", quality=90)
+            kind, k, copy = "near", 0, np.asarray(Image.open(buffer).convert("RGB"))
+        split = "test" if n % 2 else "train"
+        pid = hashlib.sha1(f"copy-{seed}-{n}-{source}".encode()).hexdigest()
+        tifffile.imwrite(out / split / f"{pid}.tif", copy, photometric="rgb")
+        (new_tests if split == "test" else new_labels).append((pid, int(labels["label"].iloc[row])))
+        planted.append((source, pid, split, kind, k))
+    pd.concat([labels, pd.DataFrame(new_labels, columns=["id", "label"])]).to_csv(
+        out / "train_labels.csv", index=False)
+    pd.concat([tests, pd.DataFrame({"id": [p for p, _ in new_tests], "label": 0})]).to_csv(
+        out / "sample_submission.csv", index=False)
+    return pd.DataFrame(planted, columns=["source", "copy", "copy_split", "kind", "transform"])

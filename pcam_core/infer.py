@@ -151,7 +151,9 @@ def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, in
     return {"prob": out.mean(axis=1), "spread": out.std(axis=1), "views": out}
 
 
-def _cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, precision: str) -> str:
+def cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, precision: str) -> str:
+    """A short hash of what makes a result computed from these checkpoints on this data current: each
+    checkpoint file's path, mtime and size, the data fingerprint, the split, the views and the precision."""
     files = []
     for c in checkpoints:
         f = checkpoint_file(c)
@@ -165,7 +167,7 @@ def _cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, p
 def _cache_path(checkpoints: Sequence[str | Path], store, split: str, tta: int, device: str,
                 precision: str) -> Path:
     dtype = autocast_dtype(precision, resolve_device(device))
-    key = _cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")
+    key = cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")
     return Path(store.cache_dir) / "predictions" / f"{split}-tta{tta}-{key}.parquet"
 
 
