@@ -23,6 +23,7 @@ page = st.navigation({
         st.Page("views/browse.py", title="Browse", icon=":material/grid_view:"),
         st.Page("views/inspect.py", title="Inspect", icon=":material/center_focus_strong:"),
         st.Page("views/evaluate.py", title="Evaluate", icon=":material/query_stats:"),
+        st.Page("views/map.py", title="Map", icon=":material/scatter_plot:"),
         st.Page("views/slides.py", title="Slides", icon=":material/map:"),
         st.Page("views/reviewers.py", title="Reviewers", icon=":material/groups:"),
     ],

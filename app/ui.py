@@ -201,6 +201,23 @@ def cam_layers(run: str, mtime: float) -> tuple[list[cam.CamLayer], str]:
                 cam.default_layer(classifier.module, classifier.crop))
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _embeddings(_store: PatchStore, fingerprint: str, split: str, checkpoint: str | None, mtime: float):
+    from pcam_core import embed
+
+    return embed.embeddings(_store, split, checkpoint)
+
+
+def similar_patches(store: PatchStore, fingerprint: str, split: str, checkpoint: str | None, mtime: float,
+                    index: int, k: int = 12) -> np.ndarray:
+    """Store indices of the `k` patches of the split nearest to `index` in the map's embedding."""
+    from pcam_core import embed
+
+    emb = _embeddings(store, fingerprint, split, checkpoint, mtime)
+    row = int(np.flatnonzero(emb.index == index)[0])
+    return emb.index[embed.neighbours(emb.features, row, k, standardise=emb.prob is None)]
+
+
 def model_key(run: Path) -> tuple[str, float]:
     """(run, checkpoint mtime): the cache key of anything computed with a model; stops the page
     politely when the checkpoint cannot be loaded."""

@@ -250,46 +250,63 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
     return out
 
 
+def _map_file(store, split: str, key: str, seed: int) -> Path:
+    return _cache_folder(store) / f"{split}-map-{key}-seed{seed}.npz"
+
+
+def _as_table(store, cached: dict) -> pd.DataFrame:
+    index, xy = cached["index"], cached["xy"]
+    table = pd.DataFrame({"id": store.ids[index], "index": index, "label": store.labels[index],
+                          "x": xy[:, 0], "y": xy[:, 1],
+                          "prob": cached["prob"] if "prob" in cached else np.nan})
+    table.attrs["source"] = str(cached["source"])
+    return table
+
+
 def map_table(store, split: str, checkpoint: str | Path | None = None, device: str = "auto",
               batch_size: int | None = None, seed: int = 0,
               progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """The map of one split: id, index, label, x, y, and prob (NaN without a model); cached on disk.
 
     `progress(stage, done, total)` reports the two stages, "embedding" and "map". The table's
-    attrs["source"] says what the map was made from.
+    attrs["source"] says what the map was made from. The map's cache holds no features, so reopening a
+    map of 220,025 patches reads a few MB.
     """
     def stage(name: str) -> Progress | None:
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
-    emb = embeddings(store, split, checkpoint, device=device, batch_size=batch_size,
-                     progress=stage("embedding"))
-    path = _cache_folder(store) / f"{split}-map-{emb.key}-seed{seed}.npz"
+    _, key = _embedding_file(store, split, checkpoint, device, "auto")
+    path = _map_file(store, split, key, seed)
     cached = _read_npz(path) if path.is_file() else None
-    if cached is None or len(cached["xy"]) != len(emb.index):
-        cached = {"xy": map_2d(emb.features, seed, progress=stage("map"))}
+    if cached is None:
+        emb = embeddings(store, split, checkpoint, device=device, batch_size=batch_size,
+                         progress=stage("embedding"))
+        cached = {"index": emb.index, "xy": map_2d(emb.features, seed, progress=stage("map")),
+                  "source": np.array(emb.source)}
+        if emb.prob is not None:
+            cached["prob"] = emb.prob
         _write_npz(path, **cached)
-    table = pd.DataFrame({"id": store.ids[emb.index], "index": emb.index, "label": store.labels[emb.index],
-                          "x": cached["xy"][:, 0], "y": cached["xy"][:, 1],
-                          "prob": emb.prob if emb.prob is not None else np.nan})
-    table.attrs["source"] = emb.source
-    return table
+    return _as_table(store, cached)
 
 
 def cached_map(store, split: str, checkpoint: str | Path | None = None, device: str = "auto",
                seed: int = 0) -> pd.DataFrame | None:
-    """`map_table`'s table when both its embeddings and its map are on disk; else None (nothing computed)."""
-    path, key = _embedding_file(store, split, checkpoint, device, "auto")
-    if not (path.is_file() and (_cache_folder(store) / f"{split}-map-{key}-seed{seed}.npz").is_file()):
-        return None
-    try:
-        return map_table(store, split, checkpoint, device=device, seed=seed)
-    except (OSError, ValueError):
-        return None
+    """`map_table`'s table when its map is on disk; else None (nothing is computed)."""
+    _, key = _embedding_file(store, split, checkpoint, device, "auto")
+    path = _map_file(store, split, key, seed)
+    cached = _read_npz(path) if path.is_file() else None
+    return None if cached is None else _as_table(store, cached)
 
 
-def neighbours(features: np.ndarray, query: int, k: int = 24) -> np.ndarray:
-    """Rows of the `k` patches nearest to row `query` by cosine similarity, nearest first (not itself)."""
+def neighbours(features: np.ndarray, query: int, k: int = 24, standardise: bool = False) -> np.ndarray:
+    """Rows of the `k` patches nearest to row `query` by cosine similarity, nearest first (not itself).
+
+    `standardise` first scales each feature to unit spread: for statistics in unlike units (the model-free
+    features), where the largest would otherwise decide alone.
+    """
     x = np.asarray(features, np.float32)
+    if standardise:
+        x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     similarity = x @ x[query]
     similarity[query] = -np.inf

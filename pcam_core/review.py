@@ -232,8 +232,8 @@ def _check_choices(**choices: str) -> None:
 
 def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predicted: str = "any",
            outcome: str = "any", prob: tuple[float, float] = (0.0, 1.0), min_priority: float = 0.0,
-           queue: bool = False, sort: tuple[str, bool] | None = None, mislabelled: bool = False
-           ) -> pd.DataFrame:
+           queue: bool = False, sort: tuple[str, bool] | None = None, mislabelled: bool = False,
+           ids=None) -> pd.DataFrame:
     """The rows of a `review_table` a reviewer asked for, in the order to show them.
 
     Args:
@@ -248,6 +248,7 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
         sort: (column, ascending) when not queued; None keeps the dataset order.
         mislabelled: only the patches whose label cleanlab flags (`crossval.label_issues`: the table needs
             its quality and issue columns), least trustworthy label first; overrides sort and queue.
+        ids: keep only these patch ids (a selection drawn on the Map page, a duplicate filter); None: all.
 
     Raises:
         ValueError: an unknown choice, or a model filter on a table without predictions.
@@ -276,6 +277,8 @@ def select(table: pd.DataFrame, label: str = "any", verdict: str = "any", predic
             raise ValueError("the label check needs a finished crossval of this dataset (python -m pcam_core "
                              "crossval)")
         mask &= table["issue"].fillna(False).to_numpy(bool)
+    if ids is not None:
+        mask &= table["id"].isin(ids).to_numpy()
     shown = table[mask]
     if mislabelled:
         return shown.sort_values("quality", kind="stable")

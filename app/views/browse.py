@@ -49,6 +49,12 @@ mislabelled = row[4].toggle(
          + (f"From a {issues['folds'].iloc[0]}-fold crossval of {issues['model'].iloc[0]}." if checked
             else "No finished crossval of this split yet."))
 
+selection = st.session_state.get("map_selection")
+from_map = selection is not None and selection["dataset"] == ctx.dataset_key and selection["split"] == split
+on_map = from_map and st.toggle(
+    f"Map selection: {len(selection['ids']):,} patches", key="browse_map_selection", **keep,
+    help="Only the patches boxed or lassoed on the Map page.")
+
 preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
@@ -95,7 +101,8 @@ else:
 
 shown = review.select(table, label=label if labelled else "any", verdict=verdict, predicted=predicted,
                       outcome=outcome if labelled else "any", prob=(low, high), min_priority=min_priority,
-                      queue=queue, sort=SORTS[sort], mislabelled=mislabelled and checked)
+                      queue=queue, sort=SORTS[sort], mislabelled=mislabelled and checked,
+                      ids=set(selection["ids"]) if on_map else None)
 
 row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",
