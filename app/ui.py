@@ -125,6 +125,30 @@ def holdout(run: str, mtime: float, _store: PatchStore, fingerprint: str) -> np.
         return None
 
 
+def duplicate_pairs(store: PatchStore) -> pd.DataFrame | None:
+    """The dataset's duplicate pairs when they were looked for (Dataset page, `duplicates`); else None."""
+    from pcam_core import duplicates
+
+    return duplicates.cached_duplicates(store)
+
+
+def warn_if_leaking(store: PatchStore, held_out: np.ndarray | None) -> None:
+    """Says so when held-out patches have a copy among the training patches: their AUC is optimistic."""
+    from pcam_core import duplicates
+
+    pairs = duplicate_pairs(store)
+    if pairs is None or pairs.empty or held_out is None:
+        return
+    held = set(store.ids[held_out])
+    training = set(store.ids[store.split_indices("train")]) - held
+    leaked = duplicates.leaks(pairs, held, training)
+    if len(leaked):
+        patches = len(set(leaked["a_id"]) & held | set(leaked["b_id"]) & held)
+        st.warning(f"{patches:,} held-out patch(es) have an exact or near copy among the patches this run "
+                   f"trained on ({len(leaked):,} pairs, Dataset page): the held-out AUC is optimistic. "
+                   "Train again with `--exclude-ids` for one side of each pair, or group them.")
+
+
 @st.cache_data(max_entries=8)
 def slide_groups(root: str, fingerprint: str) -> int:
     """How many slides PCam's meta files name for the dataset at `root`."""

@@ -1,14 +1,19 @@
-"""Issue 12 in the app: the Map page (the split as points, coloured; a selection reaches Browse) and its
-cached reopening."""
+"""Issue 12 in the app: the Map page (the split as points, coloured; a selection reaches Browse), its cached
+reopening, and duplicates on the Dataset, Browse, Evaluate and Train pages."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import numpy as np
+import pandas as pd
+import pytest
 
 from pcam_core import embed
 from pcam_core.data import open_dataset
+from pcam_core.demo import duplicated_copy
 
 pytest_plugins = ["apptest"]
 
@@ -83,3 +88,46 @@ def test_the_map_is_reopened_from_the_cache_without_recomputing(open_app, demo_d
     at = open_app("map")
     assert not at.exception and not at.get("progress")
     np.testing.assert_array_equal(embed.cached_map(store, "train")["x"], before["x"])
+
+
+@pytest.fixture
+def planted_app(open_app, demo_dir, tmp_path, monkeypatch):
+    """The app on the demo with 8 exact copies (one per flip or turn) and 2 JPEG copies planted."""
+    pairs = duplicated_copy(demo_dir, tmp_path / "planted", per_transform=1, jpeg=2, seed=1)
+    monkeypatch.setenv("PCAM_DATA", str(tmp_path / "planted"))
+    return open_app, tmp_path / "planted", pairs
+
+
+def test_duplicates_found_on_the_dataset_page_filter_browse_and_warn_evaluate(planted_app, page_text,
+                                                                             trained_runs, tmp_path,
+                                                                             monkeypatch):
+    open_app, root, pairs = planted_app
+    at = open_app()
+    assert "Not looked for yet" in page_text(at)
+    at.button(key="data_duplicates").click().run()
+    assert not at.exception
+    assert "10 pairs of copies in 10 groups" in page_text(at)
+    counts = next(d.value for d in at.dataframe if "splits" in d.value.columns).set_index("splits")
+    assert counts.loc["test - train"].tolist() == [4, 1]  # every other copy went to test/
+    assert counts.loc["train - train"].tolist() == [4, 1]
+
+    at.switch_page("views/browse.py").run()
+    at.toggle(key="browse_copies").set_value(True).run()
+    assert not at.exception
+    assert "**15** of 605 train patches match" in page_text(at)  # 10 sources and the 5 copies in train/
+
+    # a run that held out the training copies while it trained on their sources
+    run = tmp_path / "runs" / "leaky"
+    shutil.copytree(trained_runs / "tiny", run)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": str(root.resolve())}))
+    held = pairs.loc[pairs["copy_split"] == "train", "copy"].tolist()
+    others = [i for i in open_dataset(root).ids[:60] if i not in set(pairs["source"])][:40]
+    pd.DataFrame({"id": held + others}).to_csv(run / "val_ids.csv", index=False)
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(tmp_path / "runs"))
+    at = open_app("evaluate")
+    assert not at.exception
+    assert "5 held-out patch(es) have an exact or near copy among the patches this run trained on" in \
+        page_text(at)
+    at = open_app("train")
+    assert "10 training patches have an exact or near copy" in page_text(at)

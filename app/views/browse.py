@@ -51,9 +51,18 @@ mislabelled = row[4].toggle(
 
 selection = st.session_state.get("map_selection")
 from_map = selection is not None and selection["dataset"] == ctx.dataset_key and selection["split"] == split
-on_map = from_map and st.toggle(
+pairs = ui.duplicate_pairs(store)
+copies = set(pairs["a_id"]) | set(pairs["b_id"]) if pairs is not None else set()
+row = st.columns([1, 1, 2]) if from_map or copies else None
+on_map = from_map and row[0].toggle(
     f"Map selection: {len(selection['ids']):,} patches", key="browse_map_selection", **keep,
     help="Only the patches boxed or lassoed on the Map page.")
+with_copies = bool(copies) and row[1].toggle(
+    "Has a copy", key="browse_copies", **keep,
+    help="Only patches with an exact or near copy in the dataset (Dataset page: Duplicates).")
+wanted = set(selection["ids"]) if on_map else None
+if with_copies:
+    wanted = copies if wanted is None else wanted & copies
 
 preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)
@@ -102,7 +111,7 @@ else:
 shown = review.select(table, label=label if labelled else "any", verdict=verdict, predicted=predicted,
                       outcome=outcome if labelled else "any", prob=(low, high), min_priority=min_priority,
                       queue=queue, sort=SORTS[sort], mislabelled=mislabelled and checked,
-                      ids=set(selection["ids"]) if on_map else None)
+                      ids=wanted)
 
 row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",

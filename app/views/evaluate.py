@@ -37,6 +37,8 @@ row[1].metric("TTA views", ctx.tta, help="Set in the sidebar, for every page.")
 if choices[split] == "holdout" and not ui.run_config(run, mtime).get("groups"):
     st.caption("This run drew its validation patches at random, so patches of one slide may sit on both "
                "sides and the held-out AUC is optimistic; `train --groups` holds out whole slides.")
+if choices[split] == "holdout":
+    ui.warn_if_leaking(store, held_out)
 preds = scoring.predictions(store, [ctx.run], choices[split], ctx.tta)  # held out: scores only those patches
 y, p = preds["label"].to_numpy(), preds["prob"].to_numpy()
 try:

@@ -18,6 +18,12 @@ ui.header("Train", "Train a classifier on this dataset as a background job: it k
 ctx = sidebar.context()
 device = ui.device_spec()
 busy = jobs.active_job(runs.runs_dir(), device)
+pairs = ui.duplicate_pairs(ctx.store)
+if pairs is not None and len(inside := pairs[(pairs["a_split"] == "train") & (pairs["b_split"] == "train")]):
+    copies = len(set(inside["a_id"]) | set(inside["b_id"]))
+    st.warning(f"{copies:,} training patches have an exact or near copy among the training patches "
+               f"({len(inside):,} pairs, Dataset page): a drawn validation split can put a copy on each "
+               "side, and its AUC is then optimistic.")
 
 settled = agreement.settled_labels(ui.verdict_history(ctx.dataset_key))
 settled = settled[settled["id"].isin(set(ctx.store.ids))]
