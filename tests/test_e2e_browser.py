@@ -4,6 +4,7 @@ reviewer goes Browse -> Inspect -> Agree and the verdict lands in the store. Scr
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"dataset": "", "explore": "eda", "browse": "browse", "inspect": "inspect", "evaluate": "evaluate",
-         "slides": "slides", "reviewers": "reviewers", "train": "train", "submit": "submit"}
+         "map": "map", "slides": "slides", "reviewers": "reviewers", "train": "train", "submit": "submit"}
 REPO = Path(__file__).resolve().parents[1]
 
 if not CHROMIUM.exists():
@@ -206,3 +207,32 @@ def test_two_reviewers_disagree_and_the_patch_joins_the_conflict_queue(server, d
     history = ReviewStore(tmp_path / "reviews.sqlite").history(str(demo_dir.resolve()))
     assert history[["reviewer", "verdict"]].values.tolist() == [["Dr Ann", "tumour"], ["Dr Ben", "normal"]]
     print(f"screenshots in {shots}")
+
+
+def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1100})
+        page.goto(f"{server}/map")
+        plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area (made in the background)
+        plot.wait_for(timeout=240_000)
+        settle(page)
+        page.locator(".modebar-btn[data-title='Box Select']").first.click()
+        box = plot.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.7, steps=12)
+        page.mouse.up()
+        button = page.get_by_role("button", name=re.compile(r"Browse these [\d,]+ patches"))
+        button.wait_for(timeout=60_000)
+        count = int(re.search(r"([\d,]+)", button.inner_text()).group(1).replace(",", ""))
+        assert 1 < count < 600
+        page.screenshot(path=tmp_path / "map-box.png")
+        button.click()
+        page.get_by_role("heading", name="Browse").wait_for()
+        settle(page)
+        page.screenshot(path=tmp_path / "browse-selection.png")
+        assert errors_on(page) == 0
+        assert page.get_by_text(f"{count:,} of 600 train patches match").count() == 1
+        assert page.get_by_text(f"Map selection: {count:,} patches").count() == 1
+        browser.close()
