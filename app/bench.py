@@ -2,7 +2,8 @@
 
 Measured the way the tests drive the app (Streamlit's AppTest, in process, no browser), so a time is a
 whole script run: the sidebar plus the page, as after a click. The first run after switching to a
-page is reported apart from the median of the reruns that follow. With `--run` (a run trained on DIR),
+page is reported apart from the median of the reruns that follow; the Map page is timed on a map already on
+disk (the model-free one, made first when it is not). With `--run` (a run trained on DIR),
 the reviewer's steps with a model: Browse the first time the model is used (its predictions not yet on
 disk), a reload (a new session, predictions cached), the first Inspect, a filter change and 96 per page.
 """
@@ -54,6 +55,23 @@ def toggle_label(at: AppTest) -> float:
     box = at.selectbox(key="browse_label")
     box.set_value("tumour" if box.value == "any" else "any")
     return timed(at)
+
+
+def map_colour(at: AppTest) -> float:
+    box = at.selectbox(key="map_colour")
+    box.set_value("brightness" if box.value != "brightness" else "saturation")
+    return timed(at)
+
+
+def made_map() -> tuple[str, float]:
+    """The training split's model-free map computed (or found) on disk before the Map page is timed."""
+    from pcam_core import data, embed
+
+    store = data.open_dataset(os.environ["PCAM_DATA"])
+    start = time.perf_counter()
+    table = embed.map_table(store, "train")
+    return f"Map: its {len(table):,} points made or read before the page (not a page step)", \
+        time.perf_counter() - start
 
 
 def toggle_split(at: AppTest) -> float:
@@ -120,6 +138,8 @@ def main() -> None:
             rows = measure("browse", {"next page of 48": next_page, "label filter": toggle_label},
                            args.repeats)
             rows += measure("eda", {"split filter": toggle_split}, args.repeats)
+            rows.append(made_map())
+            rows += measure("map", {"colour by another statistic": map_colour}, args.repeats)
     print("| measurement | seconds |\n|---|---|")
     for name, seconds in rows:
         print(f"| {name} | {seconds:.3f} |")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pcam_core.bench_baselines import pil_loader, pil_predict, tile_kaggle
+from pcam_core.bench_embed import bench_embed
 from pcam_core.bench_labels import bench_label_noise
 from pcam_core.bench_slides import bench_slides
 
@@ -354,6 +355,7 @@ def bench_cam_layers(data_dir: Path, device: str) -> list[dict]:
 
 SECTIONS["slides"] = bench_slides
 SECTIONS["label-noise"] = bench_label_noise
+SECTIONS["embed"] = bench_embed
 
 
 def run_bench(data_dir: Path | None, device: str = "auto", only: list[str] | None = None) -> list[dict]:

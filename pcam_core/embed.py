@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 FIT_MAX = 20_000  # patches UMAP is fitted on; the rest are placed among their nearest neighbours
 PCA_DIMS = 50
+MAP_ARRAYS = ("index", "xy", "source")  # what a map's cache file holds (and prob, from a model)
 STATS_VERSION = 1  # bump when `stats_features` changes, so cached maps are recomputed
 STATS_FEATURES = ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness", "saturation",
                   "tissue_frac", "centre_r", "centre_g", "centre_b", "centre_std", "edges", "centre_edges"]
@@ -128,12 +129,14 @@ def _cache_folder(store) -> Path:
     return Path(store.cache_dir) / "embeddings"
 
 
-def _read_npz(path: Path) -> dict | None:
+def _read_npz(path: Path, needs: tuple[str, ...]) -> dict | None:
+    """The arrays of a cache file, or None when it is missing, damaged or lacks one of `needs`."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            found = {k: z[k] for k in z.files}
     except (OSError, ValueError, KeyError, EOFError):  # a damaged cache: compute afresh
         return None
+    return found if all(k in found for k in needs) else None
 
 
 def _write_npz(path: Path, **arrays) -> None:
@@ -183,7 +186,7 @@ def embeddings(store, split: str, checkpoint: str | Path | None = None, device: 
         progress: called as progress(done, total) while patches are read (and scored).
     """
     path, key = _embedding_file(store, split, checkpoint, device, precision)
-    cached = _read_npz(path) if path.is_file() else None
+    cached = _read_npz(path, ("index", "features", "source"))
     if cached is None:
         indices = split_indices(store, split, checkpoint)
         if checkpoint is None:
@@ -277,7 +280,7 @@ def map_table(store, split: str, checkpoint: str | Path | None = None, device: s
 
     _, key = _embedding_file(store, split, checkpoint, device, "auto")
     path = _map_file(store, split, key, seed)
-    cached = _read_npz(path) if path.is_file() else None
+    cached = _read_npz(path, MAP_ARRAYS)
     if cached is None:
         emb = embeddings(store, split, checkpoint, device=device, batch_size=batch_size,
                          progress=stage("embedding"))
@@ -293,8 +296,7 @@ def cached_map(store, split: str, checkpoint: str | Path | None = None, device: 
                seed: int = 0) -> pd.DataFrame | None:
     """`map_table`'s table when its map is on disk; else None (nothing is computed)."""
     _, key = _embedding_file(store, split, checkpoint, device, "auto")
-    path = _map_file(store, split, key, seed)
-    cached = _read_npz(path) if path.is_file() else None
+    cached = _read_npz(_map_file(store, split, key, seed), MAP_ARRAYS)
     return None if cached is None else _as_table(store, cached)
 
 
