@@ -36,18 +36,20 @@ _JOBS: dict[tuple, BackgroundJob] = {}
 _LOCK = threading.Lock()
 
 
+def running(key: tuple) -> bool:
+    """Whether a job for `key` is running now (a page reopened while it works shows its progress)."""
+    with _LOCK:
+        job = _JOBS.get(key)
+        return job is not None and job.running
+
+
 def job_for(key: tuple, work: Work) -> BackgroundJob:
     """The job computing `key`: the running or finished one, or a new one (also after a failure)."""
     with _LOCK:
         job = _JOBS.get(key)
         if job is None or (not job.running and job.error):
             job = _JOBS[key] = BackgroundJob(work, name=f"background-{key[0]}")
+        if not job.running and job.error is None:  # done: drop the others done (their results are on disk)
+            for old in [k for k, j in _JOBS.items() if k != key and not j.running]:
+                del _JOBS[old]
         return job
-
-
-def forget(key: tuple) -> None:
-    """Drops a finished job (its result is on disk), so memory holds no second copy."""
-    with _LOCK:
-        job = _JOBS.get(key)
-        if job is not None and not job.running:
-            del _JOBS[key]

@@ -239,7 +239,7 @@ def similar_patches(store: PatchStore, fingerprint: str, split: str, checkpoint:
 
     emb = _embeddings(store, fingerprint, split, checkpoint, mtime)
     row = int(np.flatnonzero(emb.index == index)[0])
-    return emb.index[embed.neighbours(emb.features, row, k, standardise=emb.prob is None)]
+    return emb.index[embed.neighbours(emb.features, row, k, standardise=emb.statistics)]
 
 
 def model_key(run: Path) -> tuple[str, float]:

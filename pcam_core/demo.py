@@ -272,7 +272,7 @@ def duplicated_copy(data: str | Path, out: str | Path, per_transform: int = 2, j
     from PIL import Image
 
     from pcam_core.duplicates import dihedral
-    from pcam_core.pack import patch_stats
+    from pcam_core.pack import BLANK_TISSUE, STATS_COLUMNS, patch_stats
 
     data, out = Path(data), Path(out)
     labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str})
@@ -285,7 +285,7 @@ def duplicated_copy(data: str | Path, out: str | Path, per_transform: int = 2, j
     wanted, sources = 8 * per_transform + jpeg, []
     for row in rng.permutation(len(labels)):
         image = tifffile.imread(data / "train" / f"{labels['id'].iloc[row]}.tif")
-        if patch_stats(image[None])[0, -1] >= 0.1:  # tissue_frac: blank glass is left out of near search
+        if patch_stats(image[None])[0, STATS_COLUMNS.index("tissue_frac")] >= BLANK_TISSUE:  # no blank glass
             sources.append((row, image))
         if len(sources) == wanted:
             break
@@ -298,7 +298,7 @@ def duplicated_copy(data: str | Path, out: str | Path, per_transform: int = 2, j
             buffer = io.BytesIO()
             Image.fromarray(image).save(buffer, "JPEG", quality=90)
             kind, k, copy = "near", 0, np.asarray(Image.open(buffer).convert("RGB"))
-        split = "test" if n % 2 else "train"
+        split = "test" if (n + n // 8) % 2 else "train"  # each transform once on each side when possible
         pid = hashlib.sha1(f"copy-{seed}-{n}-{source}".encode()).hexdigest()
         tifffile.imwrite(out / split / f"{pid}.tif", copy, photometric="rgb")
         (new_tests if split == "test" else new_labels).append((pid, int(labels["label"].iloc[row])))

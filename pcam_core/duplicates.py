@@ -6,8 +6,10 @@
 - Near: the same pixels up to re-compression or slight noise. Candidates are each patch's nearest
   neighbours by an 8 x 8 colour thumbnail, under each of the 8 transforms, and, when a model is given, by
   its embedding's cosine; a candidate counts when its pixels agree to at least `NEAR_PSNR` dB under the
-  best transform. Blank patches (glass, the store's `blank` flag) are left out of the near search: any two
-  look alike to within noise, and that is not the same tissue twice.
+  best transform.
+
+Blank patches (glass, fat: the store's `blank` flag) are left out of both: any two look alike to within
+noise, thousands of them may be identical white, and that is not the same tissue twice.
 
 Both are reported as pairs with the splits they join, grouped into connected sets.
 """
@@ -34,7 +36,7 @@ CANDIDATES = 3  # nearest neighbours checked per patch and transform
 SEARCH_DIMS = 16
 CHUNK = 4096
 PAIR_COLUMNS = ["a", "b", "a_id", "b_id", "a_split", "b_split", "kind", "transform", "psnr", "group"]
-VERSION = 1
+VERSION = 2  # bump when what counts as a pair changes, so cached tables are made again
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
@@ -165,15 +167,15 @@ def _groups(n: int, pairs: pd.DataFrame) -> np.ndarray:
 
 def find_duplicates(store, checkpoint: str | Path | None = None, min_psnr: float = NEAR_PSNR,
                     progress: Progress | None = None) -> pd.DataFrame:
-    """Exact and near-duplicate pairs among every patch of the store (all splits together).
+    """Exact and near-duplicate pairs among the store's tissue patches (all splits together).
 
     Returns:
         DataFrame with PAIR_COLUMNS: store indices a < b, their ids and splits, kind "exact" or "near",
         transform (the dihedral k taking a's pixels to b's), psnr (inf for exact), group (a connected set).
     """
-    indices = np.arange(len(store))
-    invariants, thumbnails = _scan(store, indices, progress)
-    exact = exact_pairs(store, indices, invariants)
+    tissue = np.flatnonzero(~store.stats["blank"].to_numpy())
+    invariants, thumbnails = _scan(store, tissue, progress)
+    exact = [(tissue[i], tissue[j], k) for i, j, k in exact_pairs(store, tissue, invariants)]
     features = None
     if checkpoint is not None:
         from pcam_core.embed import embeddings
@@ -182,11 +184,11 @@ def find_duplicates(store, checkpoint: str | Path | None = None, min_psnr: float
         features = np.zeros((len(store), parts[0].features.shape[1]), np.float32)
         for part in parts:
             features[part.index] = part.features
-    tissue = np.flatnonzero(~store.stats["blank"].to_numpy())
+        features = features[tissue]
     known = {(i, j) for i, j, _ in exact}
-    near = [(tissue[i], tissue[j], k, score) for i, j, k, score in near_pairs(
-        store, indices[tissue], thumbnails[tissue], None if features is None else features[tissue], min_psnr)
-        if (tissue[i], tissue[j]) not in known]
+    near = [(tissue[i], tissue[j], k, score)
+            for i, j, k, score in near_pairs(store, tissue, thumbnails, features, min_psnr)
+            if (tissue[i], tissue[j]) not in known]
     rows = ([(i, j, "exact", k, float("inf")) for i, j, k in exact]
             + [(i, j, "near", k, score) for i, j, k, score in near])
     table = pd.DataFrame(rows, columns=["a", "b", "kind", "transform", "psnr"])

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import logging
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from pcam_core.atomic import atomic_write
+
+if TYPE_CHECKING:  # for the annotations only: torch is imported when a model is used
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,7 @@ Progress = Callable[[int, int], None]
 FIT_MAX = 20_000  # patches UMAP is fitted on; the rest are placed among their nearest neighbours
 PCA_DIMS = 50
 MAP_ARRAYS = ("index", "xy", "source")  # what a map's cache file holds (and prob, from a model)
+MAP_VERSION = 1  # bump when `map_2d` changes, so cached maps are made again
 STATS_VERSION = 1  # bump when `stats_features` changes, so cached maps are recomputed
 STATS_FEATURES = ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness", "saturation",
                   "tissue_frac", "centre_r", "centre_g", "centre_b", "centre_std", "edges", "centre_edges"]
@@ -46,6 +52,7 @@ class Embeddings:
         prob: (N,) P(tumour) from the same pass, or None for the model-free statistics.
         source: what they come from, for people: "base_cnn (run tiny, crop 96)" or "colour and texture".
         key: a short hash of what makes them current (checkpoint and data), for caches derived from them.
+        statistics: True for the model-free colour and texture statistics (features in unlike units).
     """
 
     index: np.ndarray
@@ -53,9 +60,10 @@ class Embeddings:
     prob: np.ndarray | None
     source: str
     key: str
+    statistics: bool
 
 
-def feature_layer(module) -> object:
+def feature_layer(module) -> nn.Linear:
     """The layer whose input is the embedding: the last Linear of the classifier head.
 
     Raises:
@@ -134,7 +142,7 @@ def _read_npz(path: Path, needs: tuple[str, ...]) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             found = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError, EOFError):  # a damaged cache: compute afresh
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # damaged: compute afresh
         return None
     return found if all(k in found for k in needs) else None
 
@@ -150,13 +158,13 @@ def _write_npz(path: Path, **arrays) -> None:
 
 def split_indices(store, split: str, checkpoint: str | Path | None = None) -> np.ndarray:
     """The store indices of `split` ("holdout": the patches `checkpoint`'s run held out)."""
-    if split == "holdout":
-        if checkpoint is None:
+    if checkpoint is None:
+        if split == "holdout":
             raise ValueError("split holdout needs a checkpoint: its run's held-out patches")
-        from pcam_core.splits import holdout_indices
+        return store.split_indices(split)
+    from pcam_core.infer import split_indices as indices_of
 
-        return holdout_indices([str(checkpoint)], store)
-    return store.split_indices(split)
+    return indices_of([str(checkpoint)], store, split)
 
 
 def _embedding_file(store, split: str, checkpoint: str | Path | None, device: str, precision: str
@@ -168,10 +176,8 @@ def _embedding_file(store, split: str, checkpoint: str | Path | None, device: st
         key = hashlib.sha1(f"stats-{STATS_VERSION}-{store.fingerprint}-{split}".encode()).hexdigest()[:20]
         return _cache_folder(store) / f"{split}-stats-{key}.npz", key
     from pcam_core import infer
-    from pcam_core.models import resolve_device
 
-    dtype = infer.autocast_dtype(precision, resolve_device(device))
-    key = infer.cache_key([checkpoint], store, split, 1, "bf16" if dtype is not None else "fp32")
+    key = infer.cache_key([checkpoint], store, split, 1, infer.precision_used(precision, device))
     return _cache_folder(store) / f"{split}-model-{key}.npz", key
 
 
@@ -194,17 +200,18 @@ def embeddings(store, split: str, checkpoint: str | Path | None = None, device: 
                       "source": np.array("colour and texture statistics")}
         else:
             from pcam_core.models import load
+            from pcam_core.runs import run_folder_of
 
             classifier = load(checkpoint)
             features, prob = model_features(classifier, store, indices, device, batch_size, precision,
                                             progress)
             # float16 on disk halves a 220k x 1280 cache; the map and the neighbours do not see the difference
             cached = {"index": indices, "features": features.astype(np.float16), "prob": prob,
-                      "source": np.array(f"{classifier.name} (run {Path(checkpoint).name}, "
+                      "source": np.array(f"{classifier.name} (run {run_folder_of(checkpoint).name}, "
                                          f"crop {classifier.crop})")}
         _write_npz(path, **cached)
     return Embeddings(cached["index"], cached["features"].astype(np.float32), cached.get("prob"),
-                      str(cached["source"]), key)
+                      str(cached["source"]), key, checkpoint is None)
 
 
 def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
@@ -222,9 +229,11 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
     from sklearn.preprocessing import StandardScaler
 
     n = len(features)
+    if progress is not None:
+        progress(0, n)
     if n < 4:  # too few points for a neighbour graph: a line is the honest map
         return np.column_stack([np.arange(n), np.zeros(n)]).astype(np.float32)
-    x = np.nan_to_num(StandardScaler().fit_transform(np.asarray(features, np.float32)))  # constant: NaN -> 0
+    x = StandardScaler().fit_transform(np.asarray(features, np.float32))
     if x.shape[1] > PCA_DIMS and n > PCA_DIMS:
         x = PCA(PCA_DIMS, random_state=seed).fit_transform(x)
     x = x.astype(np.float32)
@@ -236,10 +245,11 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
 
     reducer = umap.UMAP(n_neighbors=k, min_dist=0.1, init="pca", random_state=seed,
                         precomputed_knn=(nearest, dist, None))
-    with warnings.catch_warnings():  # "n_jobs overridden by setting random_state": the seed is the point
-        warnings.simplefilter("ignore", UserWarning)
-        out = np.empty((n, 2), np.float32)
-        out[fit] = reducer.fit_transform(x[fit])
+    # "n_jobs value 1 overridden to 1 by setting random_state": the seed is the point (a filter, not
+    # catch_warnings, which is not thread-safe and the app calls this from a thread)
+    warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+    out = np.empty((n, 2), np.float32)
+    out[fit] = reducer.fit_transform(x[fit])
     if progress is not None:
         progress(len(fit), n)
     rest = np.setdiff1d(np.arange(n), fit)
@@ -254,7 +264,7 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
 
 
 def _map_file(store, split: str, key: str, seed: int) -> Path:
-    return _cache_folder(store) / f"{split}-map-{key}-seed{seed}.npz"
+    return _cache_folder(store) / f"{split}-map{MAP_VERSION}-{key}-seed{seed}.npz"
 
 
 def _as_table(store, cached: dict) -> pd.DataFrame:

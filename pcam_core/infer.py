@@ -164,10 +164,19 @@ def cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, pr
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
+def precision_used(precision: str, device: str | torch.device) -> str:
+    """"bf16" or "fp32": what `precision` ("auto", "bf16", "fp32") comes to on `device`."""
+    return "bf16" if autocast_dtype(precision, resolve_device(device)) is not None else "fp32"
+
+
+def split_indices(checkpoints: Sequence[str | Path], store, split: str) -> np.ndarray:
+    """Store indices of `split`; "holdout": the patches none of the checkpoints' runs trained on."""
+    return holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
+
+
 def _cache_path(checkpoints: Sequence[str | Path], store, split: str, tta: int, device: str,
                 precision: str) -> Path:
-    dtype = autocast_dtype(precision, resolve_device(device))
-    key = cache_key(checkpoints, store, split, tta, "bf16" if dtype is not None else "fp32")
+    key = cache_key(checkpoints, store, split, tta, precision_used(precision, device))
     return Path(store.cache_dir) / "predictions" / f"{split}-tta{tta}-{key}.parquet"
 
 
@@ -204,7 +213,7 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
         raise ValueError("predictions_table takes a non-empty list of checkpoint paths")
     view_indices(tta)
     _check_batch_size(batch_size)  # before the cache: a bad option fails even when nothing is predicted
-    indices = holdout_indices(checkpoints, store) if split == "holdout" else store.split_indices(split)
+    indices = split_indices(checkpoints, store, split)
     path = _cache_path(checkpoints, store, split, tta, device, precision)
     if path.is_file():
         log.debug("predictions from cache %s", path)

@@ -56,6 +56,7 @@ STATS_COLUMNS = [
     "tissue_frac",
 ]
 CHUNK = 512
+BLANK_TISSUE = 0.1  # a patch with less tissue than this share is blank (glass, fat, background)
 
 
 @dataclass
@@ -188,7 +189,7 @@ def stats_table(index: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
     table.insert(0, "id", index["id"].to_numpy())
     table.insert(1, "split", index["split"].to_numpy())
     table.insert(2, "label", index["label"].to_numpy())
-    table["blank"] = table["tissue_frac"] < 0.1
+    table["blank"] = table["tissue_frac"] < BLANK_TISSUE
     return table
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import sidebar, ui
+from app import background, sidebar, ui
 from pcam_core import splits
 from pcam_core.duplicates import NEAR_PSNR
 
@@ -41,21 +41,38 @@ else:
                "where you know the slides.")
 
 st.subheader("Duplicates")
+
+
+@st.fragment(run_every=1.0)
+def duplicates_progress(job: background.BackgroundJob) -> None:
+    """While the duplicates are looked for in the background: progress, then a rerun of the page."""
+    if job.running:
+        share = job.done / job.total if job.total else 0.0
+        st.progress(share, text=f"Reading the patches: {job.done:,} of {job.total:,}, then comparing. You "
+                                "can leave this page: the search goes on and its result is kept on disk.")
+    elif job.error:
+        st.error(f"The duplicate search failed: {job.error}")
+    else:
+        st.rerun()
+
+
 pairs = ui.duplicate_pairs(store)
+key = ("duplicates", store.fingerprint)
 if pairs is None:
     st.caption("Not looked for yet: exact copies (also flipped or turned) and near copies (re-compressed or "
                "slightly altered) within a split and between training and test. About 10 s per 6,000 "
-               "patches here; `python -m pcam_core duplicates` does the same.")
-    if st.button("Find duplicates", key="data_duplicates"):
+               "patches here. `python -m pcam_core duplicates` runs the same search from the command line "
+               "(with `--checkpoint`, also among a model's nearest embeddings; this page shows the "
+               "search without a model, at the default threshold).")
+    if st.button("Find duplicates", key="data_duplicates") or background.running(key):
         from pcam_core import duplicates
 
-        bar = st.progress(0.0, text="Reading the patches")
-
-        def progress(done: int, total: int) -> None:
-            bar.progress(done / total, text=f"Reading the patches: {done:,} of {total:,}, then comparing")
-
-        pairs = duplicates.duplicates(store, progress=progress)
-        bar.empty()
+        job = background.job_for(key, lambda progress: duplicates.duplicates(
+            store, progress=lambda done, total: progress("scan", done, total)))
+        if job.running or job.error:
+            duplicates_progress(job)
+        else:
+            pairs = job.result
 if pairs is not None and pairs.empty:
     st.success(f"No two tissue patches are the same: no exact copies, also flipped or turned, and no near "
                f"copies (pixels agreeing to {NEAR_PSNR} dB). Blank glass is left out of the near search.")

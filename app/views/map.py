@@ -37,10 +37,12 @@ source = row[1].selectbox("Map from", sources, key="map_source", persist_state="
                           help="A model's embedding (what its classifier reads), or colour and texture "
                                "statistics, which need no training.")
 checkpoint = str(ctx.run) if source != NO_MODEL and ctx.run is not None else None
+mtime = 0.0
 if checkpoint is not None:
     sidebar.warn_if_other_data(ctx)
-
-table = embed.cached_map(store, split, checkpoint)
+    mtime = ui.model_key(ctx.run)[1]  # a checkpoint that cannot be read ends the page with one message
+device = ui.device_spec()
+table = embed.cached_map(store, split, checkpoint, device=device)
 
 
 @st.fragment(run_every=1.0)
@@ -60,15 +62,14 @@ def map_progress(job: background.BackgroundJob) -> None:
 
 
 if table is None:
-    mtime = ui.model_key(ctx.run)[1] if checkpoint else 0.0
-    device = ui.device_spec()
     job = background.job_for(("map", store.fingerprint, split, checkpoint, mtime),
                              lambda progress: embed.map_table(store, split, checkpoint, device=device,
                                                               progress=progress))
     if job.running or job.error:
         map_progress(job)
         st.stop()
-    table = job.result
+    table = job.result.copy()  # the job's table is shared by every session: columns are added below
+source_text = table.attrs["source"]
 
 # what the points can be coloured by
 verdicts = ui.current_verdicts(ctx.dataset_key)
@@ -119,7 +120,7 @@ fig.update_traces(hovertemplate="patch %{customdata}<extra></extra>")
 fig.update_layout(height=640, margin={"l": 0, "r": 0, "t": 30, "b": 0}, dragmode="lasso",
                   xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
                   legend={"orientation": "h", "y": 1.02, "itemsizing": "constant"})
-st.caption(f"{len(table):,} {split} patches, mapped from {table.attrs['source']} (UMAP, seed 0). "
+st.caption(f"{len(table):,} {split} patches, mapped from {source_text} (UMAP, seed 0). "
            "Box or lasso select in the chart's toolbar; click one point to look at it.")
 left, right = st.columns([3, 2])
 with left:
@@ -159,7 +160,6 @@ with right:
         if st.button("Open in Inspect", key="map_inspect"):
             ui.open_in_inspect(index, table["index"].to_numpy())
         st.markdown("**Most similar patches** (nearest in the embedding)")
-        mtime = ui.model_key(ctx.run)[1] if checkpoint else 0.0
         similar = ui.similar_patches(store, store.fingerprint, split, checkpoint, mtime, index)
         ui.patch_grid(store, similar, captions(similar), columns=4)
     else:
@@ -169,7 +169,8 @@ with right:
         parts = [f"{(sel['label'] == 1).mean():.0%} labelled tumour"] if labelled else []
         if has_prob and labelled:
             parts.append(f"{(sel['outcome'] != 'correct').mean():.0%} misclassified at 0.5")
-        st.caption(", ".join(parts) + ".")
+        if parts:
+            st.caption(", ".join(parts) + ".")
         if st.button(f"Browse these {len(chosen):,} patches", key="map_browse", type="primary"):
             st.session_state["map_selection"] = {"dataset": ctx.dataset_key, "split": split,
                                                  "ids": ids.tolist()}
