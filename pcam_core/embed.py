@@ -245,9 +245,11 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
 
     reducer = umap.UMAP(n_neighbors=k, min_dist=0.1, init="pca", random_state=seed,
                         precomputed_knn=(nearest, dist, None))
-    # "n_jobs value 1 overridden to 1 by setting random_state": the seed is the point (a filter, not
-    # catch_warnings, which is not thread-safe and the app calls this from a thread)
+    # "n_jobs value 1 overridden to 1 by setting random_state": the seed is the point; "transform will be
+    # unavailable": rows left out are placed below instead (filters, not catch_warnings, which is not
+    # thread-safe: the app calls this from a thread)
     warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+    warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
     out = np.empty((n, 2), np.float32)
     out[fit] = reducer.fit_transform(x[fit])
     if progress is not None:
