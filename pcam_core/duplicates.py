@@ -1,8 +1,8 @@
 """Duplicate patches: the same tissue twice, within training or between training and test.
 
 - Exact: identical pixels, also under any of the 8 flips and quarter turns. Patches are bucketed by
-  values no flip or turn changes (the channel sums and the sorted corner pixels), and only patches that
-  share a bucket are compared pixel by pixel.
+  values no flip or turn changes (the channel sums and the sorted corner pixels); within a bucket, a set
+  of copies shares the smallest hash of its 8 transforms, and its first member is paired with each other.
 - Near: the same pixels up to re-compression or slight noise. Candidates are each patch's nearest
   neighbours by an 8 x 8 colour thumbnail, under each of the 8 transforms, and, when a model is given, by
   its embedding's cosine; a candidate counts when its pixels agree to at least `NEAR_PSNR` dB under the
@@ -87,7 +87,11 @@ def best_match(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
 
 
 def exact_pairs(store, indices: np.ndarray, invariants: np.ndarray) -> list[tuple[int, int, int]]:
-    """(i, j, k) rows of `indices` whose patches are identical up to the dihedral transform k (i < j)."""
+    """(i, j, k) rows of `indices` whose patches are identical up to the dihedral transform k (i < j).
+
+    Each set of identical patches comes back as pairs of its first member with each other one (m - 1
+    pairs for m copies, not m(m - 1)/2): a set is told by the smallest hash of its 8 transforms.
+    """
     keys = pd.DataFrame(invariants).duplicated(keep=False).to_numpy()
     if not keys.any():
         return []
@@ -96,12 +100,16 @@ def exact_pairs(store, indices: np.ndarray, invariants: np.ndarray) -> list[tupl
     for _, bucket in buckets.groupby(list(range(invariants.shape[1])), sort=False):
         rows = bucket["row"].to_numpy()
         patches = store.batch(indices[rows])
-        for a in range(len(rows)):
-            views = [dihedral(patches[a], k) for k in range(8)]
-            for b in range(a + 1, len(rows)):
-                k = next((k for k, v in enumerate(views) if np.array_equal(v, patches[b])), None)
-                if k is not None:
-                    pairs.append((int(rows[a]), int(rows[b]), k))
+        sets: dict[bytes, list[int]] = {}
+        for a, patch in enumerate(patches):
+            digest = min(hashlib.blake2b(np.ascontiguousarray(dihedral(patch, k)).tobytes(),
+                                         digest_size=16).digest() for k in range(8))
+            sets.setdefault(digest, []).append(a)
+        for first, *others in sets.values():
+            views = [dihedral(patches[first], k) for k in range(8)]
+            for b in others:
+                k = next(k for k, v in enumerate(views) if np.array_equal(v, patches[b]))
+                pairs.append((int(rows[first]), int(rows[b]), k))
     return pairs
 
 

@@ -63,4 +63,8 @@ step bench-slides 300 $py -m pcam_core bench --data "$tmp/demo" --device "$devic
 # issue 13: 5-fold crossval of lite0 on the 220k tiled set (one epoch per fold), its wall time and flags
 step crossval-lite0-5f 420 $py -m pcam_core crossval --data "$tmp/kaggle" --folds 5 --model efficientnet_lite0 \
     --pretrained --epochs 1 --batch-size 512 --device "$device" --out "$tmp/cv-lite0"
+# issue 12: embeddings and the map of the 220,025 tiled training patches with the lite0 run (the duplicate
+# search runs on the CPU, and on a tiled set, which repeats each patch ~100 times, it would only count copies)
+step embed-lite0-220k 300 $py -m pcam_core embed --data "$tmp/kaggle" --checkpoint "$tmp/runs/lite0" \
+    --device "$device" --out "$tmp/map.parquet"
 cat "$out/summary.txt"

