@@ -67,7 +67,12 @@ def current_verdicts(dataset_key: str) -> pd.DataFrame:
     return _read_verdicts(lambda store: store.latest(dataset_key))
 
 
-def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame]) -> pd.DataFrame:
+def patch_tags(dataset_key: str) -> pd.DataFrame:
+    """The tags given on the dataset (patch_id, tag, reviewer); see `_read_verdicts`."""
+    return _read_verdicts(lambda store: store.tags(dataset_key), columns=["patch_id", "tag", "reviewer"])
+
+
+def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[str] = COLUMNS) -> pd.DataFrame:
     """A read of the verdict store. One that cannot be read (a full disk, a read-only or corrupt file)
     gets one warning and an empty table: the patches still show."""
     try:
@@ -75,7 +80,7 @@ def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame]) -> pd.DataFrame:
     except (sqlite3.Error, OSError) as e:
         st.warning(f"The verdict store {review_db()} cannot be read ({e}); verdicts are not shown and cannot "
                    f"be saved until it can (free disk space, or point PCAM_REVIEW_DB elsewhere).")
-        return pd.DataFrame(columns=COLUMNS)
+        return pd.DataFrame(columns=columns)
 
 
 @st.cache_resource

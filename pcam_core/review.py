@@ -41,6 +41,15 @@ CREATE TABLE IF NOT EXISTS verdicts (
     created    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS verdicts_patch ON verdicts (dataset, patch_id, seq);
+CREATE TABLE IF NOT EXISTS tags (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset    TEXT NOT NULL,
+    patch_id   TEXT NOT NULL,
+    tag        TEXT NOT NULL,
+    reviewer   TEXT NOT NULL,
+    created    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tags_dataset ON tags (dataset, tag);
 """
 
 # Stores written before verdicts meant one thing held "agree" / "disagree" with "the label and the model
@@ -123,6 +132,37 @@ class ReviewStore:
                 (dataset, str(patch_id), verdict, note.strip(), reviewer.strip(), checkpoint,
                  None if prob is None else float(prob), created))
             return int(cur.lastrowid)
+
+    def tag(self, dataset: str, patch_ids: Sequence[str], tag: str, reviewer: str) -> int:
+        """Tags patches (a selection drawn on the Map page, say) in one transaction; returns how many.
+
+        Tags are kept like verdicts: appended, never changed, so a tag given twice is listed once.
+        """
+        tag = tag.strip()
+        if not tag or len(tag) > 64:
+            raise ValueError("a tag is 1 to 64 characters, for example 'stain batch 3' or 'blurred'")
+        if not reviewer or not reviewer.strip():
+            raise ValueError("a tag needs a reviewer name: enter yours in the sidebar")
+        created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        rows = [(dataset, str(p), tag, reviewer.strip(), created) for p in patch_ids]
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany("INSERT INTO tags (dataset, patch_id, tag, reviewer, created) "
+                                "VALUES (?, ?, ?, ?, ?)", rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def tags(self, dataset: str) -> pd.DataFrame:
+        """Each (patch_id, tag) given on a dataset once, with who tagged it first."""
+        with self._connect() as con:
+            # SQLite takes the bare columns from the row MIN(seq) picks: the first time the tag was given
+            rows = con.execute("SELECT patch_id, tag, reviewer, MIN(seq) FROM tags WHERE dataset = ? "
+                               "GROUP BY patch_id, tag ORDER BY tag, MIN(seq)", (dataset,)).fetchall()
+        return pd.DataFrame([r[:3] for r in rows], columns=["patch_id", "tag", "reviewer"])
 
     def _query(self, sql: str, params: Sequence) -> pd.DataFrame:
         with self._connect() as con:

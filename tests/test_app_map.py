@@ -14,6 +14,7 @@ import pytest
 from pcam_core import embed
 from pcam_core.data import open_dataset
 from pcam_core.demo import duplicated_copy
+from pcam_core.review import ReviewStore
 
 pytest_plugins = ["apptest"]
 
@@ -132,3 +133,18 @@ def test_duplicates_found_on_the_dataset_page_filter_browse_and_warn_evaluate(pl
         page_text(at)
     at = open_app("train")
     assert "10 training patches have an exact or near copy" in page_text(at)
+
+
+def test_a_map_selection_is_tagged_and_browse_filters_by_the_tag(open_app, page_text, demo_dir, tmp_path):
+    at = until_mapped(open_app("map", reviewer="Dr Map"))
+    select_on_map(at, [2, 4, 6])
+    at.run()
+    at.text_input(key="map_tag").input("pale stain")
+    at.button(key="map_tag_save").click().run()
+    assert not at.exception and "Tagged 3 patches 'pale stain'." in page_text(at)
+    store = open_dataset(demo_dir)
+    tags = ReviewStore(tmp_path / "reviews.sqlite").tags(str(store.root.resolve()))
+    assert sorted(tags["patch_id"]) == sorted(store.ids[[2, 4, 6]]) and set(tags["reviewer"]) == {"Dr Map"}
+    at.switch_page("views/browse.py").run()
+    at.selectbox(key="browse_tag").set_value("pale stain").run()
+    assert not at.exception and "**3** of 600 train patches match" in page_text(at)

@@ -181,3 +181,18 @@ def test_an_old_store_of_agree_and_disagree_is_migrated_once_by_the_written_rule
         store.record("ds", "a", "agree", "Cy")
     again = ReviewStore(path).history("ds")  # a second open changes nothing
     assert again["note"].tolist()[:5] == trail["note"].tolist() and len(again) == 6
+
+
+def test_tags_are_kept_once_per_patch_with_who_gave_them_first(store):
+    assert store.tag("d", ["a", "b"], " pale stain ", "Ann") == 2
+    store.tag("d", ["b", "c"], "pale stain", "Ben")
+    store.tag("d", ["a"], "blurred", "Ben")
+    store.tag("other", ["a"], "pale stain", "Ann")
+    tags = store.tags("d")
+    assert tags.values.tolist() == [["a", "blurred", "Ben"], ["a", "pale stain", "Ann"],
+                                    ["b", "pale stain", "Ann"], ["c", "pale stain", "Ben"]]
+    with pytest.raises(ValueError, match="1 to 64 characters"):
+        store.tag("d", ["a"], "  ", "Ann")
+    with pytest.raises(ValueError, match="reviewer name"):
+        store.tag("d", ["a"], "x", "")
+    assert len(store.tags("d")) == 4  # nothing half-written by the refused calls

@@ -53,16 +53,20 @@ selection = st.session_state.get("map_selection")
 from_map = selection is not None and selection["dataset"] == ctx.dataset_key and selection["split"] == split
 pairs = ui.duplicate_pairs(store)
 copies = set(pairs["a_id"]) | set(pairs["b_id"]) if pairs is not None else set()
-row = st.columns([1, 1, 2]) if from_map or copies else None
+tags = ui.patch_tags(ctx.dataset_key)
+row = st.columns([1, 1, 2]) if from_map or copies or len(tags) else None
 on_map = from_map and row[0].toggle(
     f"Map selection: {len(selection['ids']):,} patches", key="browse_map_selection", **keep,
     help="Only the patches boxed or lassoed on the Map page.")
 with_copies = bool(copies) and row[1].toggle(
     "Has a copy", key="browse_copies", **keep,
     help="Only patches with an exact or near copy in the dataset (Dataset page: Duplicates).")
+tag = row[2].selectbox("Tag", ["any", *sorted(set(tags["tag"]))], key="browse_tag", **keep,
+                       help="Patches a reviewer tagged (Map page: tag a selection).") if len(tags) else "any"
 wanted = set(selection["ids"]) if on_map else None
-if with_copies:
-    wanted = copies if wanted is None else wanted & copies
+for kept in ([copies] if with_copies else []) + ([set(tags.loc[tags["tag"] == tag, "patch_id"])]
+                                                 if tag != "any" else []):
+    wanted = kept if wanted is None else wanted & kept
 
 preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 verdicts = ui.current_verdicts(ctx.dataset_key)

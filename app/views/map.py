@@ -3,6 +3,8 @@
 Box or lasso a cluster to browse it; click a point to see its patch and the patches most like it.
 """
 
+import sqlite3
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -181,4 +183,17 @@ with right:
         st.download_button("Download their ids (CSV)", pd.DataFrame({"id": ids}).to_csv(index=False),
                            file_name=f"map_selection_{split}.csv", mime="text/csv", on_click="ignore",
                            key="map_export")
+        with st.form("map_tag_form", border=False):
+            row = st.columns([2, 1], vertical_alignment="bottom")
+            tag = row[0].text_input("Tag", key="map_tag", placeholder="e.g. pale stain, blurred",
+                                    help="Kept in the review store with your name; Browse filters by it.")
+            if row[1].form_submit_button(f"Tag {len(chosen):,}", key="map_tag_save"):
+                try:
+                    n = ui.review_store().tag(ctx.dataset_key, ids.tolist(), tag, ctx.reviewer)
+                    st.success(f"Tagged {n:,} patches '{tag.strip()}'.")
+                except ValueError as e:
+                    st.error(str(e))
+                except (sqlite3.Error, OSError) as e:
+                    st.error(f"The review store {ui.review_db()} cannot be written ({e}): free disk space "
+                             "or point PCAM_REVIEW_DB elsewhere; the selection is still here.")
         ui.patch_grid(store, chosen[:16], captions(chosen[:16]), columns=4)
