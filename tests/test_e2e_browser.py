@@ -76,8 +76,9 @@ def serve(demo_dir: Path, runs: Path, tmp_path: Path, **extra: str):
     proc.wait(timeout=20)
 
 
-def settle(page, timeout: float = 90) -> None:
-    """Waits until the app has drawn a title and stopped running for a moment."""
+def settle(page, timeout: float = 180) -> None:
+    """Waits until the app has drawn a title and stopped running for a moment (up to 3 minutes: a fresh
+    server on a loaded 2-core CI machine once took over 90 s to its first title)."""
     page.wait_for_selector("h1", timeout=timeout * 1000)
     deadline, quiet = time.monotonic() + timeout, 0
     while quiet < 4 and time.monotonic() < deadline:
