@@ -259,6 +259,18 @@ def model_key(run: Path) -> tuple[str, float]:
     return key
 
 
+@st.fragment(run_every=1.0)
+def job_progress(job, describe: Callable[[str, int, int], str], failed: str) -> None:
+    """While a background job works: a progress bar with `describe(stage, done, total)`; then a rerun of the
+    page (or `failed` and the job's error, when it failed)."""
+    if job.running:
+        st.progress(job.done / job.total if job.total else 0.0, text=describe(job.stage, job.done, job.total))
+    elif job.error:
+        st.error(f"{failed}: {job.error}")
+    else:
+        st.rerun()
+
+
 # ---- small shared widgets ------------------------------------------------------------------------
 
 def header(title: str, help_text: str) -> None:

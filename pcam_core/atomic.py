@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def write_cache(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Writes a cache file atomically with `write(tmp)`. A failure (a full disk, a read-only folder) is
+    logged, not raised: the caller still has its result, only the next call computes it again."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as tmp:
+            write(tmp)
+    except OSError as e:
+        log.warning("could not cache %s in %s: %s", path.name, path.parent, e)
 
 
 @contextmanager

@@ -17,16 +17,13 @@ Both are reported as pairs with the splits they join, grouped into connected set
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pcam_core.atomic import atomic_write
-
-log = logging.getLogger(__name__)
+from pcam_core.atomic import write_cache
 
 Progress = Callable[[int, int], None]
 # dB. Measured (BENCHMARKS.md "Duplicates"): JPEG quality-90 copies sit at 29.9 dB or more on the demo and
@@ -237,13 +234,7 @@ def duplicates(store, checkpoint: str | Path | None = None, min_psnr: float = NE
     if cached is not None:
         return cached
     table = find_duplicates(store, checkpoint, min_psnr, progress)
-    path = _cache_path(store, checkpoint, min_psnr)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            table.to_parquet(tmp, index=False)
-    except OSError as e:
-        log.warning("could not cache duplicates in %s: %s", path.parent, e)
+    write_cache(_cache_path(store, checkpoint, min_psnr), lambda tmp: table.to_parquet(tmp, index=False))
     return table
 
 

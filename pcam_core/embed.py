@@ -14,7 +14,6 @@ computed once.
 
 from __future__ import annotations
 
-import logging
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -25,12 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from pcam_core.atomic import atomic_write
+from pcam_core.atomic import write_cache
 
 if TYPE_CHECKING:  # for the annotations only: torch is imported when a model is used
     from torch import nn
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 FIT_MAX = 20_000  # patches UMAP is fitted on; the rest are placed among their nearest neighbours
@@ -148,12 +145,11 @@ def _read_npz(path: Path, needs: tuple[str, ...]) -> dict | None:
 
 
 def _write_npz(path: Path, **arrays) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp, open(tmp, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
             np.savez(f, **arrays)
-    except OSError as e:  # the result is still returned; only the next open pays again
-        log.warning("could not cache %s: %s", path.name, e)
+
+    write_cache(path, write)
 
 
 def split_indices(store, split: str, checkpoint: str | Path | None = None) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pcam_core.atomic import atomic_write
+from pcam_core.atomic import write_cache
 from pcam_core.distributed import Distributed
 from pcam_core.geometry import as_patches
 from pcam_core.models import BaseCNN, Classifier, load, resolve_device
@@ -227,11 +227,6 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
                           "spread": result["spread"], "label": store.labels[indices]})
     if not ctx.main:
         return table
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            table.to_parquet(tmp, index=False)
-    except OSError as e:
-        log.warning("could not cache predictions in %s: %s", path.parent, e)
+    write_cache(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table
 

@@ -43,19 +43,6 @@ else:
 st.subheader("Duplicates")
 
 
-@st.fragment(run_every=1.0)
-def duplicates_progress(job: background.BackgroundJob) -> None:
-    """While the duplicates are looked for in the background: progress, then a rerun of the page."""
-    if job.running:
-        share = job.done / job.total if job.total else 0.0
-        st.progress(share, text=f"Reading the patches: {job.done:,} of {job.total:,}, then comparing. You "
-                                "can leave this page: the search goes on and its result is kept on disk.")
-    elif job.error:
-        st.error(f"The duplicate search failed: {job.error}")
-    else:
-        st.rerun()
-
-
 pairs = ui.duplicate_pairs(store)
 key = ("duplicates", store.fingerprint)
 if pairs is None:
@@ -70,7 +57,9 @@ if pairs is None:
         job = background.job_for(key, lambda progress: duplicates.duplicates(
             store, progress=lambda done, total: progress("scan", done, total)))
         if job.running or job.error:
-            duplicates_progress(job)
+            ui.job_progress(job, lambda _, done, total: (
+                f"Reading the patches: {done:,} of {total:,}, then comparing. You can leave this page: the "
+                "search goes on and its result is kept on disk."), "The duplicate search failed")
         else:
             pairs = job.result
 if pairs is not None and pairs.empty:

@@ -47,20 +47,10 @@ device = ui.device_spec()
 table = embed.cached_map(store, split, checkpoint, device=device)
 
 
-@st.fragment(run_every=1.0)
-def map_progress(job: background.BackgroundJob) -> None:
-    """While the map is computed in the background: its stage and progress, then a rerun of the page."""
-    if job.running:
-        what = {"embedding": "Embedding the patches", "map": "Laying out the map (UMAP)"}.get(job.stage,
-                                                                                              "Starting")
-        share = job.done / job.total if job.total else 0.0
-        count = f"{job.done:,} of {job.total:,} {split} patches" if job.total else f"{split} patches"
-        st.progress(share, text=f"{what}: {count}. You can leave this page: the map keeps being made and "
-                                "is kept on disk.")
-    elif job.error:
-        st.error(f"The map could not be made: {job.error}")
-    else:
-        st.rerun()
+def describe(stage: str, done: int, total: int) -> str:
+    what = {"embedding": "Embedding the patches", "map": "Laying out the map (UMAP)"}.get(stage, "Starting")
+    count = f"{done:,} of {total:,} {split} patches" if total else f"{split} patches"
+    return f"{what}: {count}. You can leave this page: the map keeps being made and is kept on disk."
 
 
 if table is None:
@@ -68,7 +58,7 @@ if table is None:
                              lambda progress: embed.map_table(store, split, checkpoint, device=device,
                                                               progress=progress))
     if job.running or job.error:
-        map_progress(job)
+        ui.job_progress(job, describe, "The map could not be made")
         st.stop()
     table = job.result.copy()  # the job's table is shared by every session: columns are added below
 source_text = table.attrs["source"]
