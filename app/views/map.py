@@ -65,8 +65,6 @@ source_text = table.attrs["source"]
 
 # what the points can be coloured by
 verdicts = ui.current_verdicts(ctx.dataset_key)
-current = dict(zip(verdicts["patch_id"], verdicts["verdict"], strict=True))
-table["verdict"] = np.where(table["id"].isin(current), table["id"].map(current), "not reviewed")
 stats = store.stats.iloc[table["index"].to_numpy()]
 for column in ("brightness", "saturation", "tissue_frac"):
     table[column] = stats[column].to_numpy()
@@ -79,9 +77,12 @@ if preds is not None:  # else the probabilities of the map's own pass (one view)
     table = table.drop(columns="prob").merge(preds[["index", "prob", "spread"]], on="index", how="left")
 has_prob = table["prob"].notna().any()
 labelled = (table["label"] >= 0).any()
+# verdicts and loss as Browse defines them (review.review_table), by store index
+scored = review.review_table(store, split, verdicts, table[["index", "prob"]].assign(
+    spread=table["spread"] if "spread" in table else 0.0) if has_prob else None).set_index("index")
+table["verdict"] = scored["verdict"].reindex(table["index"]).fillna("not reviewed").to_numpy()
 if has_prob:
-    p_true = np.where(table["label"] == 1, table["prob"], 1 - table["prob"])
-    table["loss"] = np.where(table["label"] >= 0, -np.log(np.clip(p_true, 1e-7, 1)), np.nan)
+    table["loss"] = scored["loss"].reindex(table["index"]).to_numpy()
     called = table["prob"] >= review.THRESHOLD
     table["outcome"] = np.select([table["label"] < 0, called == (table["label"] == 1), called],
                                  ["unlabelled", "correct", "false positive"], "false negative")
@@ -122,8 +123,7 @@ with left:
 
 def picked(event) -> np.ndarray:
     """Store indices of the points the reader selected."""
-    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
-        getattr(getattr(event, "selection", None), "points", [])
+    points = (event or {}).get("selection", {}).get("points", [])  # Streamlit's state is a dict
     found = []
     for p in points:
         data = p.get("customdata")
