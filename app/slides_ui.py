@@ -14,8 +14,7 @@ from PIL import Image
 
 from app import ui
 from pcam_core.geometry import PATCH
-from pcam_core.infer import autocast_dtype
-from pcam_core.models import resolve_device
+from pcam_core.infer import precision_used
 from pcam_core.slide import MIN_TISSUE, Grid, Slide, list_slides, open_slide
 from pcam_core.slide_cache import MapSettings, SlideMap, load_map, map_dir
 from pcam_core.slide_export import cell_id, export_cells, parse_cell_id, reviewed_labels
@@ -78,8 +77,7 @@ def window(path: str, mtime: float, mpp: float | None, stride: int, row: int, co
 
 
 def settings_for(stride: int, tta: int, mpp: float | None) -> MapSettings:
-    dtype = autocast_dtype("auto", resolve_device(ui.device_spec()))
-    return MapSettings(stride, tta, mpp, MIN_TISSUE, "bf16" if dtype is not None else "fp32")
+    return MapSettings(stride, tta, mpp, MIN_TISSUE, precision_used("auto", ui.device_spec()))
 
 
 def map_folder(slide_path: str, run: Path, settings: MapSettings) -> Path:

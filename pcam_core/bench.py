@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from pcam_core.bench_baselines import pil_loader, pil_predict, tile_kaggle
+from pcam_core.bench_contention import bench_contention
 from pcam_core.bench_embed import bench_embed
 from pcam_core.bench_labels import bench_label_noise
+from pcam_core.bench_notebook import bench_notebook
 from pcam_core.bench_slides import bench_slides
 
 SECTIONS: dict[str, Callable] = {}
@@ -127,9 +129,9 @@ def bench_train(data_dir: Path, device: str) -> list[dict]:
     short windows and each reports its median window, so load from other processes hits all alike."""
     import torch
 
+    from pcam_core.calibrate import choose
     from pcam_core.data import open_dataset
     from pcam_core.models import create_model, normalization_for, resolve_device
-    from pcam_core.train import training_precision
 
     dev = resolve_device(device)
     store = open_dataset(data_dir)
@@ -141,14 +143,14 @@ def bench_train(data_dir: Path, device: str) -> list[dict]:
         batch, steps = (512 if dev.type == "cuda" else 64), {}  # 64: the notebook's batch, best on 2 cores
         baseline = "DataLoader, PIL decode + augment per image, fp32"
         norm = normalization_for(create_model(name))
-        default = training_precision("auto", dev, create_model(name))
+        default = choose(name, 96, "train", dev, batch_size=batch, channels_last=True).dtype
         if store.layout == "kaggle":
             steps[baseline] = train_step(
                 name, dev, pil_loader(files, store.labels[train], norm, batch), amp=None, channels_last=False)
         for amp in (None, torch.bfloat16):
             kind = "bf16 autocast" if amp else "fp32"
             steps[f"store batches, batched augmentation on {dev.type}, channels_last, {kind}"
-                  + (" (fit's default)" if amp == default else "")] = train_step(
+                  + (" (fit's calibrated choice)" if amp == default else "")] = train_step(
                 name, dev, store_batches(store, train, norm, batch, dev), amp=amp, channels_last=True)
         rounds, window_s = (3, 1.0) if dev.type == "cuda" else (5, 2.0)  # a GPU's rate is steady
         rates = interleaved_rates(steps, rounds, window_s)
@@ -356,6 +358,8 @@ def bench_cam_layers(data_dir: Path, device: str) -> list[dict]:
 SECTIONS["slides"] = bench_slides
 SECTIONS["label-noise"] = bench_label_noise
 SECTIONS["embed"] = bench_embed
+SECTIONS["contention"] = bench_contention
+SECTIONS["notebook"] = bench_notebook
 
 
 def run_bench(data_dir: Path | None, device: str = "auto", only: list[str] | None = None) -> list[dict]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     s.add_argument("--only", nargs="+", help="sections to run (default: all)")
+    s.add_argument("--keras-python", help="an interpreter with TensorFlow for the notebook's Keras pipeline "
+                                          "(requirements-bench.txt; default: this one, if it has TensorFlow)")
     s.set_defaults(func=cmd_bench)
     return p
 
@@ -100,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pcam_core.bench import run_bench
 
+    if args.keras_python:
+        os.environ["PCAM_KERAS_PYTHON"] = args.keras_python
     run_bench(args.data, device=args.device, only=args.only)
     return 0
 
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    # the setting each model runs with, and a first calibration's timing, are worth a line on every command
+    logging.getLogger("pcam_core.calibrate").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except ReportedByRankZero:

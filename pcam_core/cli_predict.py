@@ -16,7 +16,8 @@ def _predictions(args: argparse.Namespace, store, split: str):
     bar = Bar(f"predict {split} x{args.tta}")
     try:
         return predictions_table(args.checkpoint, store, split, tta=args.tta, device=args.device,
-                                 batch_size=args.batch_size, precision=args.precision, progress=bar)
+                                 batch_size=args.batch_size, precision=args.precision, progress=bar,
+                                 compile=args.compile)
     finally:
         bar.close()
 
@@ -145,9 +146,11 @@ def add_parsers(sub) -> None:
         if several:
             s.add_argument("--tta", type=int, default=1, choices=(1, 2, 4, 8), help="dihedral views averaged")
             s.add_argument("--batch-size", type=int,
-                           help="patches per forward pass (default: 2048 on CUDA, 32-64 on CPU by model)")
+                           help="patches per forward pass (default: 2048 on CUDA; on a CPU, timed)")
             s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                           help="auto: bf16 autocast on CUDA and on CPUs with AMX")
+                           help="auto: bf16 autocast on CUDA; on a CPU whichever was timed faster")
+            s.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                           help="torch.compile the model (default: when timed faster, compile time included)")
 
     s = sub.add_parser("predict", help="tumour probabilities for one split, as a CSV id,prob")
     common(s)

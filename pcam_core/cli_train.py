@@ -60,7 +60,7 @@ def show_training(events, epochs: int | None) -> None:
                 continue
             if kind == "start":
                 print(f"run {event['run_dir']}: {event['n_train']} train / {event['n_val']} val patches, "
-                      f"{event['device']} x{event['world_size']}, {event['precision']}"
+                      f"{event['device']} x{event['world_size']}, {event['setting']}"
                       + (f", resumed at step {event['resumed_at_step']}" if event["resumed_at_step"] else ""))
             elif kind == "step":
                 if bar is None:
@@ -105,8 +105,9 @@ def add_train_flags(s, leave_out: tuple[str, ...] = ()) -> None:
         if f.name in leave_out:
             continue
         flag, default = "--" + f.name.replace("_", "-"), f.default
-        text = f"{helps[f.name]} (default: {default})"
-        if isinstance(default, bool):
+        switch = str(f.type).startswith("bool")
+        text = f"{helps[f.name]} (default: {'timed' if switch and default is None else default})"
+        if switch:
             s.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             kind = type(default) if default is not None else str

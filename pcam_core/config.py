@@ -52,10 +52,11 @@ class TrainConfig:
         ema_decay: keep an exponential moving average of the weights and save/validate it (0 turns it off).
         patience: stop when validation AUC has not improved for this many epochs (0: never).
         val_tta: dihedral views averaged at validation (1, 2, 4 or 8).
-        precision: "auto" (bf16 autocast on CUDA, and on AMX CPUs for nets without depthwise convolutions),
-            "bf16" or "fp32".
-        channels_last: NHWC memory format for the model and its input.
-        compile: wrap the model in torch.compile.
+        precision: "auto" (bf16 autocast on CUDA; on a CPU whichever of fp32 and bf16 `calibrate` timed
+            faster for this model on this machine), "bf16" or "fp32".
+        channels_last: NHWC memory format for the model and its input (unset: the faster, timed).
+        compile: wrap the model in torch.compile (unset: when timed faster and the run repays its compile
+            time).
         threads: CPU threads for torch (0: torch's default).
     """
 
@@ -87,8 +88,8 @@ class TrainConfig:
     patience: int = 0
     val_tta: int = 1
     precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
+    channels_last: bool | None = None
+    compile: bool | None = None
     threads: int = 0
 
     def validate(self) -> TrainConfig:

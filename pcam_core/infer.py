@@ -20,10 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pcam_core import calibrate
 from pcam_core.atomic import write_cache
+from pcam_core.calibrate import Setting
 from pcam_core.distributed import Distributed
 from pcam_core.geometry import as_patches
-from pcam_core.models import BaseCNN, Classifier, load, resolve_device
+from pcam_core.models import Classifier, load, resolve_device
 from pcam_core.runs import checkpoint_file
 from pcam_core.splits import holdout_indices
 from pcam_core.transforms import dihedral, to_model_input
@@ -34,32 +36,20 @@ TTA_VIEWS = (1, 2, 4, 8)
 Progress = Callable[[int, int], None]
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bfloat16 when autocast should run, else None (plain float32).
+def inference_setting(classifiers: Sequence[Classifier], device: torch.device, precision: str = "auto",
+                      batch_size: int | None = None, patches: int | None = None,
+                      compile: bool | None = False) -> Setting:
+    """How to run `classifiers` on `device`: precision, memory format and batch size as given, the rest as
+    `calibrate.choose` timed fastest for the first of them on this machine (an ensemble runs its members
+    alike). On a GPU: bf16 autocast, channels_last, 2,048 patches a batch (it needs thousands to stay busy).
 
-    "auto" picks bf16 on CUDA and on CPUs with AMX tiles, where oneDNN runs bf16 convolutions on them
-    (1.6x for base_cnn and 2.0x for efficientnet_lite0 on this machine's Xeon; see BENCHMARKS.md).
+    Args:
+        patches: forward passes of a patch the call will make (views x patches).
+        compile: torch.compile the models; None: when timed faster over `patches`, compile time included.
     """
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
-    if precision == "auto":
-        fast = device.type == "cuda" or torch.cpu._is_amx_tile_supported()
-        return torch.bfloat16 if fast else None
-    return torch.bfloat16 if precision == "bf16" else None
-
-
-def default_batch_size(device: torch.device, classifiers: Sequence[Classifier] = ()) -> int:
-    """Patches per forward pass: 2048 on a GPU (it needs thousands to stay busy); on a CPU small batches.
-
-    On a CPU the convolutions are fast (oneDNN, AMX) and the passes between them (ReLU, pooling,
-    normalisation) are bound by memory, so big batches spill the caches; tiny ones pay per-layer
-    overhead. Measured through `predict` in bf16 on the 2-core Xeon (BENCHMARKS.md): base_cnn, few
-    layers with wide activations, 1,360 patches/s at 32 against 640 at 512; efficientnet_lite0, many
-    small layers, 716 at 64 against 560 at 32 and 322 at 512. An ensemble takes its members' smallest.
-    """
-    if device.type == "cuda":
-        return 2048
-    return min((32 if isinstance(c.module, BaseCNN) else 64 for c in classifiers), default=64)
+    first = classifiers[0]
+    return calibrate.choose(first.name, first.crop, "infer", device, batch_size=batch_size,
+                            precision=precision, compile=compile, patches=patches)
 
 
 def _check_batch_size(batch_size: int | None) -> None:
@@ -80,7 +70,7 @@ def view_indices(tta: int) -> tuple[int, ...]:
 
 def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1,
             device: str | torch.device = "auto", batch_size: int | None = None, precision: str = "auto",
-            progress: Progress | None = None) -> dict[str, np.ndarray]:
+            progress: Progress | None = None, compile: bool | None = False) -> dict[str, np.ndarray]:
     """Tumour probabilities for patches of `store`, averaged over TTA views and over classifiers.
 
     Args:
@@ -89,9 +79,10 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
         indices: store indices to predict (default: every patch), in the order wanted.
         tta: dihedral views averaged per patch: 1, 2, 4 or 8.
         device: "auto", "cpu", "cuda" or a torch.device (the classifiers are moved there).
-        batch_size: patches per forward pass (default: `default_batch_size`, sized to the model on CPU).
-        precision: "auto" (bf16 autocast on CUDA and on CPUs with AMX), "bf16" or "fp32".
+        batch_size: patches per forward pass (default: calibrated on a CPU, 2,048 on a GPU).
+        precision: "auto" (bf16 autocast on CUDA; on a CPU, calibrated), "bf16" or "fp32".
         progress: called as progress(done, total) after each batch.
+        compile: torch.compile the models (None: when calibration finds it pays off for this many patches).
 
     Returns:
         dict with "prob" (N,) float32, "spread" (N,) float32 (std of the probability over the TTA views,
@@ -99,7 +90,7 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
     """
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     return predict_rows(classifiers, lambda start, stop: store.batch(indices[start:stop]), len(indices), tta,
-                    device, batch_size, precision, progress)
+                        device, batch_size, precision, progress, compile)
 
 
 def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
@@ -112,7 +103,7 @@ def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
 
 def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, int], np.ndarray], n: int,
                  tta: int, device, batch_size: int | None, precision: str,
-                 progress: Progress | None) -> dict[str, np.ndarray]:
+                 progress: Progress | None, compile: bool | None = False) -> dict[str, np.ndarray]:
     """`predict` over any source of patches: read_rows(start, stop) returns rows start..stop of `n`
     (B, 96, 96, 3) uint8, called in order on a reader thread, one batch ahead of the model."""
     if isinstance(classifiers, Classifier) or not classifiers:
@@ -120,12 +111,14 @@ def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, in
     views = view_indices(tta)
     dev = resolve_device(device)
     _check_batch_size(batch_size)
-    dtype = autocast_dtype(precision, dev)
+    setting = inference_setting(classifiers, dev, precision, batch_size, n * tta * len(classifiers), compile)
+    layout = torch.channels_last if setting.channels_last else torch.contiguous_format
     for c in classifiers:  # outside inference mode, so the same modules still serve Grad-CAM afterwards
-        # channels_last: 1.5-2.5x faster on this CPU (oneDNN) and on GPUs
-        c.module.to(dev, memory_format=torch.channels_last).eval()
-    batch_size = batch_size or default_batch_size(dev, classifiers)
+        c.module.to(dev, memory_format=layout).eval()
+    modules = [torch.compile(c.module) if setting.compile else c.module for c in classifiers]
+    batch_size = setting.batch_size
     out = np.empty((n, tta), dtype=np.float32)
+    dtype = setting.dtype
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def read(start: int) -> torch.Tensor:
@@ -138,16 +131,19 @@ def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, in
             x = pending.result().to(dev, non_blocking=True)
             if start + batch_size < n:
                 pending = reader.submit(read, start + batch_size)
+            rows = len(x)
+            if setting.compile and rows < batch_size:  # padded: a new shape would compile the graph again
+                x = torch.cat([x, x.new_zeros((batch_size - rows, *x.shape[1:]))])
             probs = torch.zeros(len(x), tta, device=dev)
-            for c in classifiers:
+            for c, module in zip(classifiers, modules, strict=True):
                 inputs = to_model_input(x, c.normalization, crop=c.crop)
                 for j, k in enumerate(views):
                     with autocast:
-                        logits = c.module(dihedral(inputs, k).contiguous(memory_format=torch.channels_last))
+                        logits = module(dihedral(inputs, k).contiguous(memory_format=layout))
                     probs[:, j] += torch.sigmoid(logits.float().reshape(-1))
-            out[start:start + len(x)] = (probs / len(classifiers)).cpu().numpy()
+            out[start:start + rows] = (probs[:rows] / len(classifiers)).cpu().numpy()
             if progress is not None:
-                progress(start + len(x), n)
+                progress(start + rows, n)
     return {"prob": out.mean(axis=1), "spread": out.std(axis=1), "views": out}
 
 
@@ -165,8 +161,11 @@ def cache_key(checkpoints: Sequence[str | Path], store, split: str, tta: int, pr
 
 
 def precision_used(precision: str, device: str | torch.device) -> str:
-    """"bf16" or "fp32": what `precision` ("auto", "bf16", "fp32") comes to on `device`."""
-    return "bf16" if autocast_dtype(precision, resolve_device(device)) is not None else "fp32"
+    """What `precision` ("auto", "bf16", "fp32") comes to on `device`, for cache keys: "auto" is bf16 on a
+    GPU and stays "auto" on a CPU, where it means the precision calibrated for the model on this machine."""
+    if precision == "auto" and resolve_device(device).type == "cuda":
+        return "bf16"
+    return precision
 
 
 def split_indices(checkpoints: Sequence[str | Path], store, split: str) -> np.ndarray:
@@ -194,7 +193,7 @@ def cached_predictions(checkpoints: Sequence[str | Path], store, split: str, tta
 def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta: int = 1,
                       device: str = "auto",
                       batch_size: int | None = None, precision: str = "auto",
-                      progress: Progress | None = None) -> pd.DataFrame:
+                      progress: Progress | None = None, compile: bool | None = False) -> pd.DataFrame:
     """Predictions for one split as a table, read from the on-disk cache when already computed.
 
     The cache (store.cache_dir/predictions) is keyed by each checkpoint file's path, mtime and size, the
@@ -221,7 +220,7 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
     ctx = Distributed(device)  # under torchrun each rank predicts every world-th patch on its own device
     classifiers = [load(c) for c in checkpoints]
     result = predict(classifiers, store, ctx.shard(indices), tta=tta, device=ctx.device,
-                     batch_size=batch_size, precision=precision, progress=progress)
+                     batch_size=batch_size, precision=precision, progress=progress, compile=compile)
     result = {k: ctx.unshard([part[k] for part in ctx.gather(result)]) for k in ("prob", "spread")}
     table = pd.DataFrame({"id": store.ids[indices], "index": indices, "prob": result["prob"],
                           "spread": result["spread"], "label": store.labels[indices]})

@@ -55,7 +55,19 @@ class BaseCNN(nn.Module):
         return self.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))  # (B, 1)
+        relus = [m for m in self.features if isinstance(m, nn.ReLU)]
+        if any(m._forward_hooks or m._forward_pre_hooks for m in relus):
+            # layer by layer: Grad-CAM sees each ReLU's output at its conv's resolution
+            return self.head(self.features(x))  # (B, 1)
+        # Max-pool before ReLU: the two commute (the max of ReLUs is the ReLU of the max, and so are their
+        # gradients), and ReLU then touches a quarter of the values. On a 2-core AVX2 EPYC: a training
+        # step 27% faster, inference 16% (BENCHMARKS.md, issue 10).
+        for layer in self.features:
+            if not isinstance(layer, nn.ReLU):
+                x = layer(x)
+                if isinstance(layer, nn.MaxPool2d):
+                    x = torch.relu_(x)
+        return self.head(x)  # (B, 1)
 
 
 def _base_cnn(pretrained: bool, input_size: int = 96) -> nn.Module:

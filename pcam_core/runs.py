@@ -64,7 +64,7 @@ class RunFolder:
                              f"--resume {self.path} or choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         if completed_epochs is None:
-            write_text(self.path / "config.json", cfg.to_json())
+            self.save_config(cfg)
         rows = metrics_rows(self.path)[:completed_epochs or 0]
         write_text(self.path / "metrics.csv", ",".join(METRIC_COLUMNS) + "\n"
                    + "".join(",".join(str(r[c]) for c in METRIC_COLUMNS) + "\n" for r in rows))
@@ -73,6 +73,11 @@ class RunFolder:
                     step=previous.get("step", 0),
                     metrics=previous.get("metrics", {}), best_auc=previous.get("best_auc"),
                     message="resumed" if completed_epochs is not None else "", pid=os.getpid())
+
+    def save_config(self, cfg: TrainConfig) -> None:
+        """Writes the run's config.json (again once `auto` settings are resolved)."""
+        if self.write:
+            write_text(self.path / "config.json", cfg.to_json())
 
     def status(self, **fields) -> None:
         """Merges `fields` into status.json and writes it now."""

@@ -33,7 +33,7 @@ import torch
 from pcam_core.atomic import file_lock
 from pcam_core.distributed import Distributed
 from pcam_core.geometry import PATCH
-from pcam_core.infer import TTA_VIEWS, Progress, autocast_dtype, predict_rows
+from pcam_core.infer import TTA_VIEWS, Progress, precision_used, predict_rows
 from pcam_core.models import Classifier, load, resolve_device
 from pcam_core.pack import main_script_hidden, pool_context
 from pcam_core.runs import checkpoint_file, read_json
@@ -242,8 +242,7 @@ def map_slide(checkpoints: Sequence, slide_path, stride: int = 32, tta: int = 1,
     slide = open_slide(slide_path, mpp, scales.pop())
     try:
         ctx = Distributed(device)
-        settings = MapSettings(stride, tta, mpp, min_tissue,
-                               "bf16" if autocast_dtype(precision, ctx.device) is not None else "fp32")
+        settings = MapSettings(stride, tta, mpp, min_tissue, precision_used(precision, ctx.device))
         folder = map_dir(slide.path, list(checkpoints), settings, out)
         existing = load_map(folder)
         if existing is not None and existing.complete:

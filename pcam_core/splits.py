@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from pcam_core import runs
 from pcam_core.config import TrainConfig
@@ -47,6 +46,8 @@ def split_train_val(store: PatchStore, cfg: TrainConfig) -> tuple[np.ndarray, np
             kept, held = grouped_holdout(labels, groups, cfg.val_frac, cfg.seed)
             train, val = train[kept], train[held]
         elif smallest:
+            from sklearn.model_selection import train_test_split  # here: `predict` needs none of sklearn
+
             train, val = train_test_split(train, test_size=cfg.val_frac, stratify=labels,
                                           random_state=cfg.seed)
         else:

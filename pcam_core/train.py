@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pcam_core import calibrate
+from pcam_core.calibrate import Setting
 from pcam_core.config import TrainConfig
 from pcam_core.data import PatchStore, open_dataset
 from pcam_core.distributed import Distributed
@@ -43,21 +45,6 @@ log = logging.getLogger(__name__)
 RESIDENT_CPU_BYTES = 4 << 30  # keep the uint8 training set in RAM up to 4 GiB (220k patches: 6 GiB, streamed)
 RESIDENT_GPU_SHARE = 0.5  # ... and on a GPU while it takes under half the free memory
 RESUME_KEYS = ("step", "steps_per_epoch", "best_auc", "bad_epochs", "optimizer", "train_state_dict")
-
-
-def training_precision(precision: str, device: torch.device, model: nn.Module) -> torch.dtype | None:
-    """The autocast dtype for training (None: plain float32).
-
-    "auto" is bf16 on CUDA, and on CPUs with AMX tiles for networks without depthwise convolutions:
-    measured on this machine's Xeon, a bf16 training step is 2.5x faster for base_cnn but 1.4x slower
-    for efficientnet_lite0, whose depthwise convolutions oneDNN runs poorly in bf16 (BENCHMARKS.md).
-    """
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        depthwise = any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-        return torch.bfloat16 if torch.cpu._is_amx_tile_supported() and not depthwise else None
-    return torch.bfloat16 if precision == "bf16" else None
 
 
 class _Patches:
@@ -140,7 +127,7 @@ def fit(cfg: TrainConfig, stop: threading.Event | None = None) -> Iterator[dict]
         yield {"type": "start", "run_dir": str(folder.path), "n_train": len(run.train_idx),
                "n_val": len(run.val_idx), "steps_per_epoch": run.steps_per_epoch, "epochs": cfg.epochs,
                "device": str(ctx.device), "world_size": ctx.world, "resumed_at_step": run.step,
-               "precision": str(run.amp).replace("torch.", "") if run.amp else "fp32"}
+               "precision": run.cfg.precision, "setting": run.setting.describe()}
         for epoch in range(run.step // run.steps_per_epoch, cfg.epochs):
             started = time.perf_counter()
             train_loss = yield from train_one_epoch(run, epoch, stop)
@@ -200,7 +187,7 @@ class _Run:
     ema: ModelEMA | None
     patches: _Patches
     labels: torch.Tensor  # (n_train,) float on the device
-    amp: torch.dtype | None
+    setting: Setting  # precision, memory format, compile and batch the steps run with
     batch: int
     steps_per_epoch: int
     step: int = 0
@@ -242,6 +229,14 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
     if steps_per_epoch < 1:
         raise ValueError(f"only {len(train_idx)} training patches for {ctx.world} processes; add data")
 
+    # calibrated once per machine and model (rank 0 times, every rank takes its choice); recorded in the
+    # run's config, so a resumed run steps exactly as it started
+    patches = steps_per_epoch * batch * ctx.world * cfg.epochs
+    setting = ctx.same(calibrate.training_setting(cfg, device, patches) if ctx.main else None)
+    cfg = replace(cfg, precision=setting.precision, channels_last=setting.channels_last,
+                  compile=setting.compile)
+    if state is None:
+        folder.save_config(cfg)
     torch.manual_seed(cfg.seed)
     classifier = Classifier.new(cfg.model, cfg.crop, pretrained=cfg.pretrained and state is None)
     classifier.config = cfg.to_dict()
@@ -256,7 +251,7 @@ def _setup(cfg: TrainConfig, state: dict | None, ctx: Distributed, folder: RunFo
     run = _Run(cfg, ctx, folder, store, train_idx, val_idx, classifier, classifier, optimizer, ema,
                _Patches(store, train_idx, device),
                torch.from_numpy(store.labels[train_idx].astype(np.float32)).to(device),
-               training_precision(cfg.precision, device, model), batch, steps_per_epoch)
+               replace(setting, batch_size=batch), batch, steps_per_epoch)
     if ema is not None:
         run.eval_classifier = Classifier(copy.deepcopy(model), classifier.name, classifier.args,
                                          classifier.normalization, classifier.crop, classifier.config)
@@ -349,7 +344,8 @@ def _train_step(run: _Run, positions: np.ndarray, positions_on_device: torch.Ten
         inputs = to_model_input(x, normalization, cfg.crop)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     inputs = inputs.contiguous(memory_format=layout)
-    with torch.autocast(device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+    amp = run.setting.dtype
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
         logits = run.wrapped(inputs).float().reshape(-1)
     loss = F.binary_cross_entropy_with_logits(logits, run.labels[positions_on_device])
     run.optimizer.zero_grad(set_to_none=True)

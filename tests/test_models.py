@@ -32,6 +32,27 @@ def test_base_cnn_is_the_notebook_network():
     assert small(torch.randn(2, 3, 48, 48)).shape == (2, 1)
 
 
+def test_base_cnn_pooling_before_relu_changes_neither_outputs_nor_gradients():
+    torch.manual_seed(0)
+    model = models.create_model("base_cnn")
+    model.head[3].p = 0.0  # dropout off, so training mode is deterministic
+    x = torch.randn(4, 3, 96, 96)
+
+    def run():
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    fast, fast_grads = run()
+    hook = model.features[1].register_forward_hook(lambda *args: None)  # as Grad-CAM's: layer by layer
+    layered, layered_grads = run()
+    hook.remove()
+    torch.testing.assert_close(fast, layered)
+    for a, b in zip(fast_grads, layered_grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_other_timm_names_work_and_unknown_names_list_the_valid_ones():
     assert models.create_model("resnet10t")(torch.randn(1, 3, 96, 96)).shape == (1, 1)
     with pytest.raises(ValueError, match="base_cnn.*efficientnet_lite0"):

@@ -52,7 +52,9 @@ def test_two_short_epochs_on_demo_lift_auc_well_above_chance(demo_dir, tmp_path)
     assert status["state"] == "finished" and status["epoch"] == 2 and status["best_auc"] == pytest.approx(auc)
     columns = ["epoch", "train_loss", "val_loss", "val_auc", "lr", "seconds"]
     assert list(pd.read_csv(run / "metrics.csv").columns) == columns
-    assert TrainConfig.load(run / "config.json") == cfg
+    # the config as run: what "auto" came to (a run this short is not calibrated: fp32, channels_last, eager)
+    assert TrainConfig.load(run / "config.json") == replace(cfg, precision="fp32", channels_last=True,
+                                                            compile=False)
     classifier = load(run)
     assert classifier.crop == 96 and classifier.normalization["std"] == [1.0] * 3
     holdout = predictions_table([run], open_dataset(demo_dir), "holdout", precision="fp32")  # val_ids.csv
