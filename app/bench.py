@@ -1,4 +1,5 @@
-"""`python -m app.bench --data DIR [--run RUN_DIR]`: how long the pages take to render.
+"""`python -m app.bench --data DIR [--run RUN_DIR] [--with-job MODEL [--job-as-before]]`: how long the pages
+take to render.
 
 Measured the way the tests drive the app (Streamlit's AppTest, in process, no browser), so a time is a
 whole script run: the sidebar plus the page, as after a click. The first run after switching to a
@@ -6,6 +7,9 @@ page is reported apart from the median of the reruns that follow; the Map page i
 disk (the model-free one, made first when it is not). With `--run` (a run trained on DIR),
 the reviewer's steps with a model: Browse the first time the model is used (its predictions not yet on
 disk), a reload (a new session, predictions cached), the first Inspect, a filter change and 96 per page.
+With `--with-job MODEL`, Browse is timed while a training job of MODEL started through `jobs.start` runs on
+the same machine (`--job-as-before`: started as jobs were before issue 10, at the app's priority with
+OpenMP's default waiting), and the job's own steps per second are reported beside it.
 """
 
 from __future__ import annotations
@@ -114,6 +118,36 @@ def with_model(run: Path, repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
+def while_training(model: str, as_before: bool, repeats: int) -> list[tuple[str, float]]:
+    """Browse's steps while a training job of `model` runs, and the job's seconds per step meanwhile."""
+    from pcam_core import jobs, runs
+    from pcam_core.config import TrainConfig
+
+    if as_before:
+        jobs.JOB_NICENESS = 0
+        jobs.job_environment = lambda: {**os.environ, "PYTHONPATH": str(jobs.PACKAGE_PARENT)}
+    run = jobs.start(TrainConfig(data=os.environ["PCAM_DATA"], model=model, epochs=50, device="cpu"))
+    try:
+        deadline = time.perf_counter() + 600
+        while (runs.status(run).get("step") or 0) < 3:  # stepping: imports, packing and calibration done
+            if time.perf_counter() > deadline or not runs.status(run)["alive"]:
+                raise RuntimeError(f"the job never stepped: {jobs.log_tail(run)}")
+            time.sleep(0.5)
+        first, started = runs.status(run)["step"], time.perf_counter()
+        label = f"while a {model} job trains" + (" (started as before)" if as_before else "")
+        rows = [(f"{name}, {label}", value) for name, value in
+                measure("browse", {"next page of 48": next_page, "label filter": toggle_label}, repeats)]
+        steps = runs.status(run)["step"] - first
+        rows.append((f"the job meanwhile: seconds per training step ({steps} steps)",
+                     (time.perf_counter() - started) / max(steps, 1)))
+        return rows
+    finally:
+        jobs.stop(run)
+        deadline = time.perf_counter() + 120
+        while runs.status(run)["alive"] and time.perf_counter() < deadline:
+            time.sleep(0.5)
+
+
 def toggle(at: AppTest, key: str, one, other) -> float:
     box = at.selectbox(key=key)
     box.set_value(one if box.value != one else other)
@@ -125,11 +159,16 @@ def main() -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset folder (packed beforehand)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--run", type=Path, help="a run trained on --data: also time the steps with its model")
+    p.add_argument("--with-job", metavar="MODEL", help="time Browse while a training job of MODEL runs")
+    p.add_argument("--job-as-before", action="store_true", help="start that job as before issue 10")
     args = p.parse_args()
     os.environ["PCAM_DATA"] = str(args.data.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PCAM_REVIEW_DB"] = str(Path(tmp) / "reviews.sqlite")
-        if args.run:
+        if args.with_job:
+            os.environ["PCAM_RUNS_DIR"] = str(Path(tmp) / "runs")
+            rows = while_training(args.with_job, args.job_as_before, args.repeats)
+        elif args.run:
             os.environ["PCAM_RUNS_DIR"] = str(Path(tmp) / "runs")
             shutil.copytree(args.run, Path(tmp) / "runs" / args.run.name)
             rows = with_model(Path(tmp) / "runs" / args.run.name, args.repeats)

@@ -38,12 +38,13 @@ log = logging.getLogger(__name__)
 
 TASKS = ("train", "infer")
 INFER_BATCHES = (32, 64, 128)
-ROUNDS, STEPS = 3, 2  # interleaved rounds of a few steps each; the median round counts
+ROUNDS, STEPS = 3, 1  # interleaved rounds of a step each (after a warm-up step); the median counts
 # A job shorter than this (patches x epochs, or x views) uses the cached timings or, before any, the plain
 # setting: timing the candidates takes 5-20 s, worth it once per machine for a job of a minute or more.
 WORTH_TIMING = {"train": 5_000, "infer": 20_000}
 # torch.compile takes about a minute on 2 cores (base_cnn, cold): tried only for a job of 2 eager minutes
 COMPILE_WORTH_TRYING = 120.0
+_ANNOUNCED: set[tuple[str, Setting]] = set()
 VERSION = 1
 
 
@@ -166,8 +167,8 @@ def choose(model: str, crop: int, task: str, device: torch.device, batch_size: i
     open_choice = len(options) > 1 or (compile is None and patches is not None)
     if open_choice and (timings is None or any(s.describe() not in timings.per_patch for s in options)):
         if patches is not None and patches < WORTH_TIMING[task]:
-            log.info("%s: too short a job to time settings for; the plain one (a longer job times them)",
-                     model)
+            log.debug("%s: too short a job to time settings for; the plain one (a longer job times them)",
+                      model)
             return replace(_untimed(options), compile=bool(compile))
         timings = _measure(key, model, crop, task, options, timings)
     chosen = timings.best(options, patches) if open_choice else options[0]
@@ -179,8 +180,10 @@ def choose(model: str, crop: int, task: str, device: torch.device, batch_size: i
         if compiled.describe() not in timings.per_patch:
             timings = _measure(key, model, crop, task, [compiled], timings)
         chosen = timings.best([chosen, compiled], patches)
-    log.info("%s %s at %d px runs %s (%s)", model, "training" if task == "train" else "inference", crop,
-             chosen.describe(), "timed on this CPU" if open_choice else "as asked")
+    if (key, chosen) not in _ANNOUNCED:  # once per process: validation predicts every epoch
+        _ANNOUNCED.add((key, chosen))
+        log.info("%s %s at %d px runs %s (%s)", model, "training" if task == "train" else "inference", crop,
+                 chosen.describe(), "timed on this CPU" if open_choice else "as asked")
     return chosen
 
 
@@ -226,9 +229,8 @@ def _measure(key: str, model: str, crop: int, task: str, options: list[Setting],
             log.warning("torch.compile is not available here (%s); running eager", str(e).splitlines()[0])
             timings.per_patch[s.describe()] = float("inf")
             continue
-        second = _timed(step)
-        if s.compile:
-            compile_costs.append(max(first - second, 0.0))
+        if s.compile:  # its first step compiled: the compile time is what it took beyond a second step
+            compile_costs.append(max(first - _timed(step), 0.0))
         steps[s] = step
     rounds = {s: [] for s in todo}
     for _ in range(ROUNDS):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pcam_core import cli_embed, cli_labels, cli_predict, cli_slide, cli_train
-from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, rank
+from pcam_core.cli_common import USER_ERRORS, Bar, ReportedByRankZero, keep_freed_memory, rank
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     # the setting each model runs with, and a first calibration's timing, are worth a line on every command
     logging.getLogger("pcam_core.calibrate").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    keep_freed_memory()
     try:
         return args.func(args)
     except ReportedByRankZero:
