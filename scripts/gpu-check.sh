@@ -67,4 +67,13 @@ step crossval-lite0-5f 420 $py -m pcam_core crossval --data "$tmp/kaggle" --fold
 # search runs on the CPU, and on a tiled set, which repeats each patch ~100 times, it would only count copies)
 step embed-lite0-220k 300 $py -m pcam_core embed --data "$tmp/kaggle" --checkpoint "$tmp/runs/lite0" \
     --device "$device" --out "$tmp/map.parquet"
+# issue 10: the host CPU as a second CPU kind (16 cores): what calibration chooses and the whole commands'
+# times there, on the demo set tiled to 60,960 patches (the Keras peer needs TensorFlow, absent there)
+step tile-61k 120 $py -c "from pcam_core.bench_baselines import tile_kaggle as t; t('$tmp/demo', '$tmp/t61k', $(n 60960), 0)"
+step cpu-train-base-3ep 300 $py -m pcam_core train --data "$tmp/demo" --model base_cnn --epochs 3 --val-frac 0.25 \
+    --device cpu --out "$tmp/runs/cpu-base"
+step cpu-predict-base-61k 240 $py -m pcam_core predict --checkpoint "$tmp/runs/cpu-base" --data "$tmp/t61k" \
+    --split train --device cpu --out "$tmp/cpu-preds.csv"
+step cpu-contention 300 $py -m pcam_core bench --only contention
+cp "${PCAM_CACHE_DIR:-$HOME/.cache/pcam-review}/calibration.json" "$out/" 2>/dev/null || true
 cat "$out/summary.txt"
