@@ -189,9 +189,17 @@ def choose(model: str, crop: int, task: str, device: torch.device, batch_size: i
 
 def training_setting(cfg: TrainConfig, device: torch.device, patches: int) -> Setting:
     """How a training run steps: precision, memory format and torch.compile as `cfg` fixes them, the rest
-    as `choose` finds fastest (`patches`: what the run trains on, which decides whether compiling pays)."""
-    return choose(cfg.model, cfg.crop, "train", device, batch_size=cfg.batch_size, precision=cfg.precision,
-                  channels_last=cfg.channels_last, compile=cfg.compile, patches=patches)
+    as `choose` finds fastest (`patches`: what the run trains on, which decides whether compiling pays).
+
+    A run long enough to be timed also times inference for its model, once per machine: its validation
+    and the app's pages predict a few patches at a time, too few to time settings themselves.
+    """
+    setting = choose(cfg.model, cfg.crop, "train", device, batch_size=cfg.batch_size,
+                     precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                     patches=patches)
+    if patches >= WORTH_TIMING["train"]:
+        choose(cfg.model, cfg.crop, "infer", device)
+    return setting
 
 
 def _untimed(options: list[Setting]) -> Setting:

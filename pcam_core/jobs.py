@@ -86,8 +86,9 @@ def job_environment() -> dict[str, str]:
 
     A job shares the machine with the app (and with whatever else the user runs). OpenMP threads that
     spin while they wait for a sibling keep a core busy doing nothing, and a sibling whose core another
-    process took holds every step up: a lite0 step went from 0.5 s to 6 s with one of two cores taken
-    (BENCHMARKS.md, "Sharing the machine").
+    process took holds every step up. On a 2-core EPYC a lite0 step went from 1.1 s to 5.8 s while the
+    app's Browse page was used; with passive waits and the job niced, to 1.8 s (BENCHMARKS.md, "Sharing
+    the machine").
     """
     path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

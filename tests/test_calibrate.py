@@ -74,6 +74,19 @@ def test_candidates_offer_bf16_only_where_the_cpu_has_bf16_instructions(monkeypa
     assert fixed == [Setting("fp32", False, False, 64)]  # fixed options leave nothing to choose
 
 
+def test_a_timed_training_run_also_times_its_models_inference(calibration, monkeypatch):
+    timed = []
+
+    def fake_measure(key, model, crop, task, options, known):
+        timed.append(task)
+        return calibrate.Timings({s.describe(): 1e-3 for s in options})
+
+    monkeypatch.setattr(calibrate, "_measure", fake_measure)
+    cfg = TrainConfig(data="unused", model="base_cnn", crop=32, batch_size=64, compile=False)
+    calibrate.training_setting(cfg, torch.device("cpu"), patches=calibrate.WORTH_TIMING["train"])
+    assert timed == ["train", "infer"]  # validation and the app's pages then run the measured setting
+
+
 def test_compiling_pays_only_when_the_run_is_long_enough():
     eager, compiled = Setting("fp32", True, False, 64), Setting("fp32", True, True, 64)
     timings = calibrate.Timings({eager.describe(): 2e-3, compiled.describe(): 1e-3}, compile_seconds=60)
