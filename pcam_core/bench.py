@@ -8,7 +8,6 @@ Markdown table ready for BENCHMARKS.md, headed by the machine it ran on.
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pcam_core.bench_embed import bench_embed
 from pcam_core.bench_labels import bench_label_noise
 from pcam_core.bench_notebook import bench_notebook
 from pcam_core.bench_slides import bench_slides
+from pcam_core.hardware import cpu_model
 
 SECTIONS: dict[str, Callable] = {}
 
@@ -51,17 +51,7 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
 def machine() -> str:
     """The CPU as a benchmark row must name it: model name, family/model (virtual machines often show a
     bare "AMD EPYC"), cores and the ISA flags that matter here; and the GPU when there is one."""
-    cpu, info = platform.processor() or platform.machine(), {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    cpu = info.get("model name", cpu)
-    if "cpu family" in info:
-        cpu += f" (family {info['cpu family']} model {info.get('model', '?')})"
-    flags = set(info.get("flags", "").split())
+    cpu, flags = cpu_model()
     isa = "/".join(f for f in ISA_FLAGS if f in flags) or "no AVX2"
     text = f"{cpu}, {os.cpu_count()} cores, {isa}"
     # nvidia-smi rather than torch: importing torch here would make the data section's pack start its

@@ -55,7 +55,7 @@ def bench_contention(data_dir: Path, device: str) -> list[dict]:
                  ("OMP_WAIT_POLICY=PASSIVE at nice 0", {**before, "OMP_WAIT_POLICY": "PASSIVE"}, 0))
         for what, env, niceness in cases:
             rows.append({"what": f"... with one core taken by a busy process, {what}", "unit": "s",
-                         "value": step_seconds(env, niceness), "vs": None})
+                         "value": step_seconds(env, niceness)})
     finally:
         busy.kill()
         busy.wait()

@@ -49,6 +49,7 @@ def calibrated(folder: Path, device: str, trained: int) -> float:
     from pcam_core.models import resolve_device
 
     dev = resolve_device(device)
+    saved = os.environ.get("PCAM_CACHE_DIR")
     os.environ["PCAM_CACHE_DIR"] = str(folder)
     try:
         start = time.perf_counter()
@@ -57,7 +58,10 @@ def calibrated(folder: Path, device: str, trained: int) -> float:
             calibrate.choose(name, 96, "infer", dev, compile=None, patches=PREDICT_PATCHES)
         return time.perf_counter() - start
     finally:
-        del os.environ["PCAM_CACHE_DIR"]
+        if saved is None:
+            del os.environ["PCAM_CACHE_DIR"]
+        else:
+            os.environ["PCAM_CACHE_DIR"] = saved
 
 
 def _wall(command: list[str], cache: Path, calibration: Path) -> float:

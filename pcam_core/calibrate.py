@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import platform
 import time
 from collections.abc import Callable
@@ -33,6 +32,8 @@ import torch.nn.functional as F
 
 from pcam_core.atomic import file_lock, write_text
 from pcam_core.config import TrainConfig
+from pcam_core.hardware import cpu_model
+from pcam_core.pack import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -93,43 +94,31 @@ def bf16_instructions() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (lscpu's "Model name")."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def calibration_file() -> Path:
-    """$PCAM_CACHE_DIR/calibration.json, else the user's cache folder's pcam-review/calibration.json."""
-    if os.environ.get("PCAM_CACHE_DIR"):
-        return Path(os.environ["PCAM_CACHE_DIR"]) / "calibration.json"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pcam-review" / "calibration.json"
+    """calibration.json in the folder every cache lives under (`pack.cache_root`)."""
+    return cache_root() / "calibration.json"
 
 
 def machine_key(model: str, crop: int, task: str, batch_size: int | None = None) -> str:
     """What a calibration holds for: CPU model and bf16 support, threads, torch, model, crop, task."""
-    parts = [cpu_name(), f"bf16={bf16_instructions()}", f"threads={torch.get_num_threads()}",
+    parts = [cpu_model()[0], f"bf16={bf16_instructions()}", f"threads={torch.get_num_threads()}",
              f"torch={torch.__version__}", f"v{VERSION}", model, f"crop={crop}", task]
     if batch_size is not None:
         parts.append(f"batch={batch_size}")
     return " | ".join(parts)
 
 
-def candidates(task: str, batch_size: int | None, precision: str = "auto", channels_last: bool | None = None,
-               compile: bool = False) -> list[Setting]:
+def candidates(task: str, batch_size: int | None, precision: str = "auto",
+               channels_last: bool | None = None) -> list[Setting]:
     """The settings worth timing on this CPU, with the fixed parts fixed.
 
     Args:
         task: "train" (the batch size stays the run's: it changes what is learnt) or "infer".
         batch_size: patches per step; None for inference lets the batch size be chosen.
         precision, channels_last: "auto" / None to choose; anything else fixes it.
-        compile: whether the candidates are compiled (`choose` times compiling apart).
+
+    Returns:
+        eager settings: `choose` times compiling apart, for the fastest of them.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -142,7 +131,7 @@ def candidates(task: str, batch_size: int | None, precision: str = "auto", chann
         batches = list(INFER_BATCHES) if task == "infer" else [64]
     else:
         batches = [batch_size]
-    return [Setting(p, cl, compile, b) for p, cl, b in itertools.product(precisions, layouts, batches)]
+    return [Setting(p, cl, False, b) for p, cl, b in itertools.product(precisions, layouts, batches)]
 
 
 def choose(model: str, crop: int, task: str, device: torch.device, batch_size: int | None = None,
@@ -161,7 +150,7 @@ def choose(model: str, crop: int, task: str, device: torch.device, batch_size: i
     if device.type == "cuda":
         layout = True if channels_last is None else channels_last
         return Setting("fp32" if precision == "fp32" else "bf16", layout, bool(compile), batch_size or 2048)
-    options = candidates(task, batch_size, precision, channels_last, False)
+    options = candidates(task, batch_size, precision, channels_last)
     key = machine_key(model, crop, task, batch_size if task == "train" else None)
     timings = _cached(key)
     open_choice = len(options) > 1 or (compile is None and patches is not None)

@@ -95,12 +95,16 @@ def cache_dir_for(root: Path) -> Path:
     """
     root = Path(root).resolve()
     tag = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
-    if os.environ.get("PCAM_CACHE_DIR"):
-        return Path(os.environ["PCAM_CACHE_DIR"]) / tag
-    if (root / ".pcam_cache").is_dir():
+    if not os.environ.get("PCAM_CACHE_DIR") and (root / ".pcam_cache").is_dir():
         return root / ".pcam_cache"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pcam-review" / tag
+    return cache_root() / tag
+
+
+def cache_root() -> Path:
+    """The folder every cache lives under: $PCAM_CACHE_DIR, else ($XDG_CACHE_HOME or ~/.cache)/pcam-review."""
+    if os.environ.get("PCAM_CACHE_DIR"):
+        return Path(os.environ["PCAM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcam-review"
 
 
 def quick_key(root: Path) -> list:
