@@ -69,7 +69,8 @@ def map_colour(at: AppTest) -> float:
 
 def made_map() -> tuple[str, float]:
     """The training split's model-free map computed (or found) on disk before the Map page is timed."""
-    from pcam_core import data, embed
+    from pcam_core import data
+    from pcam_core.inference import embed
 
     store = data.open_dataset(os.environ["PCAM_DATA"])
     start = time.perf_counter()
@@ -120,8 +121,9 @@ def with_model(run: Path, repeats: int) -> list[tuple[str, float]]:
 
 def while_training(model: str, as_before: bool, repeats: int) -> list[tuple[str, float]]:
     """Browse's steps while a training job of `model` runs, and the job's seconds per step meanwhile."""
-    from pcam_core import jobs, runs
-    from pcam_core.config import TrainConfig
+    from pcam_core import runs
+    from pcam_core.runs import jobs
+    from pcam_core.runs.config import TrainConfig
 
     if as_before:
         jobs.JOB_NICENESS = 0

@@ -10,7 +10,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pcam_core, when run from any folder
 
-from app import sidebar, ui  # noqa: E402
+from app.widgets import sidebar, ui  # noqa: E402
 
 st.set_page_config(page_title="PCam Review", page_icon=":material/biotech:", layout="wide")
 ui.warm_up()

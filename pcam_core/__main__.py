@@ -1,3 +1,3 @@
-from pcam_core.cli import main
+from pcam_core.cli.main import main
 
 raise SystemExit(main())

@@ -14,3 +14,10 @@ def as_patches(images) -> np.ndarray:
     if images.ndim != 4 or images.shape[1:] != (PATCH, PATCH, 3) or images.dtype != np.uint8:
         raise ValueError(f"images must be (N, {PATCH}, {PATCH}, 3) uint8, got {images.shape} {images.dtype}")
     return images
+
+
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """The k-th dihedral transform of (..., H, W, C) images, numbered as `data.transforms.dihedral`: k % 4
+    quarter turns, then a left-right flip when k >= 4."""
+    x = np.rot90(x, k % 4, axes=(-3, -2))
+    return x[..., ::-1, :] if k >= 4 else x

@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pcam_core import jobs, runs  # noqa: E402
-from pcam_core.config import TrainConfig  # noqa: E402
+from pcam_core import runs  # noqa: E402
+from pcam_core.runs import jobs
+from pcam_core.runs.config import TrainConfig  # noqa: E402
 
 
 def main(data: str) -> int:

@@ -12,8 +12,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pcam_core.models import create_model
-from pcam_core.transforms import augment_batch
+from pcam_core.data.transforms import augment_batch
+from pcam_core.models.registry import create_model
 
 name, bench = sys.argv[1], sys.argv[2] == "1"
 torch.backends.cudnn.benchmark = bench

@@ -17,7 +17,7 @@ def _private_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """600 train + 60 test synthetic patches in the Kaggle layout (read-only: copy before changing)."""
-    from pcam_core.demo import make_demo
+    from pcam_core.data.demo import make_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     make_demo(out, n_train=600, n_test=60, seed=1)

@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
-from pcam_core import agreement
-from pcam_core.config import TrainConfig
-from pcam_core.data import open_dataset
-from pcam_core.review import ReviewStore
-from pcam_core.splits import relabelled, split_train_val
+from pcam_core.data.readers import open_dataset
+from pcam_core.data.splits import relabelled, split_train_val
+from pcam_core.review import agreement
+from pcam_core.review.verdicts import ReviewStore
+from pcam_core.runs.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def test_reviewed_labels_reach_training(demo_dir, tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-1500:]
     assert TrainConfig.load(tmp_path / "run" / "config.json").labels == cfg.labels  # recorded with the run
-    from pcam_core import infer
+    from pcam_core.inference import infer
 
     preds = infer.predictions_table([str(tmp_path / "run")], store, "holdout")
     assert roc_auc_score(preds["label"], preds["prob"]) < 0.2  # it learned the reviewers' (opposite) labels

@@ -2,10 +2,11 @@
 
 import threading
 
-from pcam_core import infer, review
-from pcam_core.data import open_dataset
-from pcam_core.infer import predictions_table
-from pcam_core.review import ReviewStore
+from pcam_core import review
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference import infer
+from pcam_core.inference.infer import predictions_table
+from pcam_core.review.verdicts import ReviewStore
 
 pytest_plugins = ["apptest"]
 

@@ -45,9 +45,9 @@ def test_a_false_positive_opens_in_inspect(open_app, with_model):
 def test_the_roc_marker_sits_at_the_threshold_own_point(open_app, with_model, demo_dir):
     import json
 
-    from pcam_core import metrics
-    from pcam_core.data import open_dataset
-    from pcam_core.infer import predictions_table
+    from pcam_core.data.readers import open_dataset
+    from pcam_core.inference import metrics
+    from pcam_core.inference.infer import predictions_table
 
     at = open_app("evaluate")
     at.slider(key="eval_threshold").set_value(0.91).run()
@@ -67,8 +67,8 @@ def test_two_runs_are_compared_on_the_patches_both_held_out(open_app, trained_ru
     import subprocess
     import sys
 
-    from pcam_core import infer, metrics
-    from pcam_core.data import open_dataset
+    from pcam_core.data.readers import open_dataset
+    from pcam_core.inference import infer, metrics
 
     runs_dir = tmp_path / "runs"
     shutil.copytree(trained_runs / "tiny", runs_dir / "tiny")

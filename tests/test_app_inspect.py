@@ -10,11 +10,11 @@ import pytest
 from disks import small_disk
 from PIL import Image
 
-from app.images import read_upload
-from pcam_core import cam, infer
-from pcam_core.data import open_dataset
-from pcam_core.models import load
-from pcam_core.review import ReviewStore
+from app.widgets.images import read_upload
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference import cam, infer
+from pcam_core.models.registry import load
+from pcam_core.review.verdicts import ReviewStore
 
 pytest_plugins = ["apptest"]
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core import embed
-from pcam_core.data import open_dataset
-from pcam_core.demo import duplicated_copy
-from pcam_core.review import ReviewStore
+from pcam_core.data.demo import duplicated_copy
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference import embed
+from pcam_core.review.verdicts import ReviewStore
 
 pytest_plugins = ["apptest"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score
 
-from pcam_core.data import open_dataset
-from pcam_core.review import ReviewStore
+from pcam_core.data.readers import open_dataset
+from pcam_core.review.verdicts import ReviewStore
 
 pytest_plugins = ["apptest"]
 

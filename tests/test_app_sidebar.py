@@ -7,7 +7,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from app.sidebar import NO_MODEL
+from app.widgets.sidebar import NO_MODEL
 
 ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 

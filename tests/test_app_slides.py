@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from pcam_core.data import open_dataset
-from pcam_core.demo_slide import make_demo_slide, make_slide_image
-from pcam_core.review import ReviewStore
-from pcam_core.slide_export import parse_cell_id
+from pcam_core.data.readers import open_dataset
+from pcam_core.review.verdicts import ReviewStore
+from pcam_core.slides.demo import make_demo_slide, make_slide_image
+from pcam_core.slides.export import parse_cell_id
 
 pytest_plugins = ["apptest"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pcam_core.data import open_dataset
+from pcam_core.data.readers import open_dataset
 
 pytest_plugins = ["apptest"]
 

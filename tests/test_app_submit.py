@@ -4,8 +4,8 @@ import io
 
 import pandas as pd
 
-from pcam_core.data import open_dataset
-from pcam_core.submission import validate_submission
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference.submission import validate_submission
 
 pytest_plugins = ["apptest"]
 

@@ -3,7 +3,8 @@
 import json
 import time
 
-from pcam_core import jobs, runs
+from pcam_core import runs
+from pcam_core.runs import jobs
 
 pytest_plugins = ["apptest"]
 
@@ -84,8 +85,8 @@ def test_stop_then_resume_from_the_page_ends_with_every_epoch(open_app, page_tex
 
 
 def test_a_run_on_the_reviewers_labels_records_them(open_app, tmp_path, demo_dir):
-    from pcam_core.data import open_dataset
-    from pcam_core.review import ReviewStore
+    from pcam_core.data.readers import open_dataset
+    from pcam_core.review.verdicts import ReviewStore
 
     store = open_dataset(demo_dir)
     db = ReviewStore(tmp_path / "reviews.sqlite")

@@ -17,13 +17,16 @@ import numpy as np
 import pytest
 import torch
 
-from pcam_core import calibrate, infer, jobs, runs
-from pcam_core.calibrate import Setting
-from pcam_core.config import TrainConfig
-from pcam_core.data import open_dataset, pack
-from pcam_core.models import Classifier
-from pcam_core.train import fit
-from pcam_core.transforms import to_model_input
+from pcam_core import runs
+from pcam_core.data.readers import open_dataset, pack
+from pcam_core.data.transforms import to_model_input
+from pcam_core.inference import infer
+from pcam_core.models import calibrate
+from pcam_core.models.calibrate import Setting
+from pcam_core.models.registry import Classifier
+from pcam_core.runs import jobs
+from pcam_core.runs.config import TrainConfig
+from pcam_core.training.train import fit
 
 SMALL = dict(model="base_cnn", crop=32, batch_size=16, epochs=1, val_frac=0.5, threads=2)
 
@@ -180,7 +183,7 @@ def test_a_job_started_from_the_app_runs_niced_with_passive_openmp_threads(demo_
 def test_commands_reuse_freed_tensor_memory_instead_of_faulting_it_in_again():
     script = """
 import resource, sys, torch
-from pcam_core.cli_common import keep_freed_memory
+from pcam_core.cli.common import keep_freed_memory
 if sys.argv[1] == "keep":
     keep_freed_memory()
 for _ in range(8):  # a training step's worth: a 72 MB activation made, used and freed (glibc settles in 4)

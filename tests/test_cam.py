@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from pcam_core import cam
-from pcam_core.config import TrainConfig
-from pcam_core.data import CENTRE, open_dataset
-from pcam_core.models import Classifier, list_models, load
-from pcam_core.splits import holdout_indices
-from pcam_core.train import fit
+from pcam_core.data.readers import CENTRE, open_dataset
+from pcam_core.data.splits import holdout_indices
+from pcam_core.inference import cam
+from pcam_core.models.registry import Classifier, list_models, load
+from pcam_core.runs.config import TrainConfig
+from pcam_core.training.train import fit
 
 pytest_plugins = ["apptest"]  # trained_runs: a base_cnn trained on the demo set
 
@@ -222,7 +222,7 @@ def test_overlay():
 def test_cli_cam_writes_overlays_and_scores(demo_dir, store, tmp_path, capsys):
     import pandas as pd
 
-    from pcam_core.cli import main
+    from pcam_core.cli.main import main
 
     untrained("base_cnn", crop=96).save(tmp_path / "c.pt")
     ids = list(store.ids[:3])
@@ -255,7 +255,7 @@ def test_eigencam_is_the_library_projection_with_a_fixed_sign():
 
 
 def test_cli_help_names_every_method(capsys):
-    from pcam_core.cli import main
+    from pcam_core.cli.main import main
 
     with pytest.raises(SystemExit) as done:
         main(["cam", "--help"])

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core import crossval
-from pcam_core.config import TrainConfig
-from pcam_core.demo import noisy_copy
+from pcam_core.data.demo import noisy_copy
+from pcam_core.runs.config import TrainConfig
+from pcam_core.training import crossval
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(model="base_cnn", crop=48, epochs=8, batch_size=32, device="cpu")
@@ -94,7 +94,7 @@ def test_label_issues_cli_and_its_errors(noisy, tmp_path):
 
 
 def test_folds_leave_out_the_excluded_and_stratify_on_the_labels_given(demo_dir, tmp_path):
-    from pcam_core.data import open_dataset
+    from pcam_core.data.readers import open_dataset
 
     store = open_dataset(demo_dir)
     train = store.split_indices("train")

@@ -15,8 +15,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pcam_core.data import CENTRE, open_dataset, pack
-from pcam_core.pack import cache_dir_for, load_pack
+from pcam_core.data.pack import cache_dir_for, load_pack
+from pcam_core.data.readers import open_dataset, pack
+from pcam_core.geometry import CENTRE
 
 STATS = ["id", "split", "label", "mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness",
          "saturation", "tissue_frac", "blank"]
@@ -205,9 +206,9 @@ def test_pack_from_a_threaded_process_does_not_hang(demo_dir, tmp_path):
         "import sys, threading, time\n"
         "import torch\n"
         "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
-        "from pcam_core.pack import pool_context\n"
+        "from pcam_core.data.pack import pool_context\n"
         "assert pool_context().get_start_method() == 'forkserver'\n"
-        "from pcam_core.data import open_dataset\n"
+        "from pcam_core.data.readers import open_dataset\n"
         f"print(len(open_dataset({str(data)!r})))\n"
     )
     repo = str(Path(__file__).parents[1])
@@ -304,7 +305,7 @@ def test_cli_info_and_one_line_errors(demo_dir, tmp_path):
 
 
 def test_pack_and_info_do_not_import_torch(demo_dir):
-    code = ("import sys; from pcam_core.cli import main; main(['info', '--data', sys.argv[1]]); "
+    code = ("import sys; from pcam_core.cli.main import main; main(['info', '--data', sys.argv[1]]); "
             "assert 'torch' not in sys.modules, 'info imported torch'")
     done = subprocess.run([sys.executable, "-c", code, str(demo_dir)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -323,7 +324,7 @@ def test_real_kaggle_sample(sample_dir):
 
 
 def test_demo_is_deterministic_and_interrupted_runs_leave_nothing(tmp_path):
-    from pcam_core.demo import make_demo
+    from pcam_core.data.demo import make_demo
 
     a = make_demo(tmp_path / "a", n_train=30, n_test=3, seed=7)
     make_demo(tmp_path / "b", n_train=30, n_test=3, seed=7)

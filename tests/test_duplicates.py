@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core import duplicates
-from pcam_core.data import open_dataset
-from pcam_core.demo import duplicated_copy, make_demo
+from pcam_core.data.demo import duplicated_copy, make_demo
+from pcam_core.data.readers import open_dataset
+from pcam_core.geometry import dihedral
+from pcam_core.inference import duplicates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_every_planted_copy_is_found_and_nothing_else(planted):
     assert sorted(pairs.loc[pairs["kind"] == "exact", "transform"].unique()) == list(range(8))
     for row in exact.itertuples():  # the stored transform takes a's pixels onto b's
         a, b = store.batch([row.a, row.b])
-        assert np.array_equal(duplicates.dihedral(a, row.transform), b)
+        assert np.array_equal(dihedral(a, row.transform), b)
     near = found[found["kind"] == "near"]
     assert (near["psnr"] >= duplicates.NEAR_PSNR).all() and np.isinf(exact["psnr"]).all()
     counts = duplicates.summary(found).set_index("splits")
@@ -58,7 +59,7 @@ def test_identical_copies_form_one_group_and_leaks_name_the_held_out_side():
     patches = np.stack([a, b, c, d])
     patches[:3, 0, 0] = 200  # the same marked patch three times, turned once
 
-    patches[1] = duplicates.dihedral(patches[0], 3)
+    patches[1] = dihedral(patches[0], 3)
 
     class Store:
         ids = np.array(["p0", "p1", "p2", "p3"])

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pcam_core.demo_slide import make_demo_slide
-from pcam_core.review import ReviewStore
-from pcam_core.slide_cache import load_map
-from pcam_core.slide_export import parse_cell_id
+from pcam_core.review.verdicts import ReviewStore
+from pcam_core.slides.cache import load_map
+from pcam_core.slides.demo import make_demo_slide
+from pcam_core.slides.export import parse_cell_id
 
 pytest_plugins = ["apptest"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

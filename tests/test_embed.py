@@ -15,11 +15,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 from torch import nn
 
-from pcam_core import embed
-from pcam_core.data import open_dataset
-from pcam_core.demo import make_demo
-from pcam_core.duplicates import dihedral
-from pcam_core.models import Classifier, load
+from pcam_core.data.demo import make_demo
+from pcam_core.data.readers import open_dataset
+from pcam_core.geometry import dihedral
+from pcam_core.inference import embed
+from pcam_core.models.registry import Classifier, load
 
 pytest_plugins = ["apptest"]
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def test_embeddings_are_deterministic_and_do_not_depend_on_the_batch_size(store,
     scale = np.abs(features).max()
     assert np.abs(bf16 - features).max() <= 0.05 * scale
     # the probabilities from the embedding pass are the predictions
-    from pcam_core import infer
+    from pcam_core.inference import infer
 
     np.testing.assert_allclose(prob, infer.predict([model], store, idx, precision="fp32")["prob"], atol=1e-5)
 

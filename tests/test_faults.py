@@ -18,8 +18,8 @@ import pytest
 import tifffile
 from disks import small_disk
 
-from pcam_core.data import open_dataset
-from pcam_core.pack import cache_dir_for
+from pcam_core.data.pack import cache_dir_for
+from pcam_core.data.readers import open_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,7 +53,7 @@ def kaggle_copy(demo_dir: Path, out: Path, n: int | None = None) -> Path:
 @pytest.fixture(scope="module")
 def big_demo(tmp_path_factory) -> Path:
     """1,600 patches: 42 MB of pixels, more than the small disks below hold."""
-    from pcam_core.demo import make_demo
+    from pcam_core.data.demo import make_demo
 
     out = tmp_path_factory.mktemp("big") / "demo"
     make_demo(out, n_train=1600, n_test=0, seed=2)
@@ -70,8 +70,8 @@ def test_pack_onto_a_full_disk_says_how_much_it_needs_and_leaves_nothing(big_dem
 def test_a_decode_worker_that_dies_on_a_full_disk_stops_the_pack(big_demo, tmp_path):
     # with the up-front check switched off the workers fill the memory-mapped cache until the disk is
     # full and die of SIGBUS: the pack must notice and stop, not wait for them forever
-    code = ("import sys; import pcam_core.pack as p; p.check_free_space = lambda *a: None; "
-            "from pcam_core.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; import pcam_core.data.pack as p; p.check_free_space = lambda *a: None; "
+            "from pcam_core.cli.main import main; sys.exit(main(sys.argv[1:]))")
     with small_disk(tmp_path / "disk", "20m") as disk:
         done = cli("pack", "--data", big_demo, env={"PCAM_CACHE_DIR": str(disk)}, code=code, timeout=240)
         one_line_error(done, "worker died", "MiB free")
@@ -79,8 +79,8 @@ def test_a_decode_worker_that_dies_on_a_full_disk_stops_the_pack(big_demo, tmp_p
 
 
 def test_a_checkpoint_that_does_not_fit_fails_the_run_and_keeps_the_last_one(demo_dir, tmp_path):
-    from pcam_core.models import read_checkpoint
-    from pcam_core.runs import status
+    from pcam_core.models.registry import read_checkpoint
+    from pcam_core.runs.folder import status
 
     common = ["train", "--data", demo_dir, "--model", "base_cnn", "--crop", "48", "--batch-size", "64",
               "--threads", "2"]
@@ -115,7 +115,7 @@ def test_out_of_range_training_options_are_refused_up_front(argv, words, demo_di
 
 
 def test_evaluate_refuses_a_threshold_that_is_not_a_probability(demo_dir, tmp_path):
-    from pcam_core.models import Classifier
+    from pcam_core.models.registry import Classifier
 
     ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
     done = cli("evaluate", "--checkpoint", ckpt, "--data", demo_dir, "--threshold", "nan")
@@ -202,7 +202,7 @@ def test_a_corrupt_stats_table_makes_the_cache_rebuild(demo_dir, tmp_path):
 
 
 def test_a_sample_submission_that_cannot_be_read_is_named(demo_dir, tmp_path):
-    from pcam_core.models import Classifier
+    from pcam_core.models.registry import Classifier
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
@@ -213,7 +213,7 @@ def test_a_sample_submission_that_cannot_be_read_is_named(demo_dir, tmp_path):
 
 
 def test_a_sample_submission_listing_only_some_test_ids_is_said_out_loud(demo_dir, tmp_path):
-    from pcam_core.models import Classifier
+    from pcam_core.models.registry import Classifier
 
     data = tmp_path / "data"
     shutil.copytree(demo_dir, data)
@@ -266,7 +266,7 @@ def test_damaged_pcam_image_files_are_named(tmp_path):
     raw[middle:middle + 2000] = bytes(b ^ 0xFF for b in raw[middle:middle + 2000])  # corrupt a chunk
     path.write_bytes(bytes(raw))
     assert cli("info", "--data", damaged).returncode == 0  # the header is fine
-    from pcam_core.models import Classifier
+    from pcam_core.models.registry import Classifier
 
     ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
     done = cli("predict", "--checkpoint", ckpt, "--data", damaged, "--split", "train", "--out",

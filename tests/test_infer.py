@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from pcam_core import infer
-from pcam_core.data import open_dataset
-from pcam_core.models import Classifier, load
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference import infer
+from pcam_core.models.registry import Classifier, load
 
 HALF = {"mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -160,7 +160,7 @@ def test_checkpoint_for_another_model(store, tmp_path):
 # the command line: predict, evaluate and submit, and the one-line errors they give on bad input
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    from pcam_core.cli import main
+    from pcam_core.cli.main import main
 
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()

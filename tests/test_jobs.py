@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pcam_core import jobs, runs
-from pcam_core.config import TrainConfig
-from pcam_core.data import pack
+from pcam_core import runs
+from pcam_core.data.readers import pack
+from pcam_core.runs import jobs
+from pcam_core.runs.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from pcam_core import metrics
+from pcam_core.inference import metrics
 
 # 4 negatives, 4 positives; of the 16 (positive, negative) pairs the positive scores higher in
 # 1 + 2 + 4 + 4 = 11 and ties in 1 (0.6 vs 0.6): AUC = (11 + 0.5) / 16

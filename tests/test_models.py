@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from pcam_core import models, transforms
+from pcam_core.data import transforms
+from pcam_core.models import registry as models
 
 
 @pytest.mark.parametrize("name", models.list_models())

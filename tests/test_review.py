@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core.review import VERDICTS, ReviewStore, review_table, select
+from pcam_core.review.verdicts import VERDICTS, ReviewStore, review_table, select
 
 
 @pytest.fixture

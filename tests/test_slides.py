@@ -18,12 +18,12 @@ import pytest
 import tifffile
 from sklearn.metrics import roc_auc_score
 
-from pcam_core.demo_slide import make_demo_slide, make_slide_image, mask_path, write_slide
-from pcam_core.infer import predict_images
-from pcam_core.models import load
-from pcam_core.slide import PCAM_MPP, Grid, open_slide
-from pcam_core.slide_cache import job_state, load_map
-from pcam_core.slide_map import cell_patch, map_slide, tissue_fraction
+from pcam_core.inference.infer import predict_images
+from pcam_core.models.registry import load
+from pcam_core.slides.cache import job_state, load_map
+from pcam_core.slides.demo import make_demo_slide, make_slide_image, mask_path, write_slide
+from pcam_core.slides.maps import cell_patch, map_slide, tissue_fraction
+from pcam_core.slides.reader import PCAM_MPP, Grid, open_slide
 
 pytest_plugins = ["apptest"]  # trained_runs: a base_cnn trained on the demo set
 
@@ -182,7 +182,7 @@ def test_overlay_png_and_cells_have_the_slide_geometry(demo_slide, trained_runs,
 def test_stopped_map_keeps_its_cells_and_resumes(demo_slide, trained_runs, tmp_path, monkeypatch):
     import threading
 
-    from pcam_core import slide_map as slide_map_module
+    from pcam_core.slides import maps as slide_map_module
 
     monkeypatch.setattr(slide_map_module, "CHUNK_CELLS", 200)  # several chunks on this small slide
     stop = threading.Event()
@@ -204,7 +204,7 @@ def test_stopped_map_keeps_its_cells_and_resumes(demo_slide, trained_runs, tmp_p
 
 
 def test_unreadable_region_is_skipped_and_reported(demo_slide, trained_runs, tmp_path, monkeypatch):
-    from pcam_core import slide as slide_module
+    from pcam_core.slides import reader as slide_module
 
     real_read = slide_module.Slide.read
 

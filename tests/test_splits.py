@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcam_core.config import TrainConfig
-from pcam_core.data import open_dataset
-from pcam_core.runs import RunFolder
-from pcam_core.splits import holdout_indices, split_train_val
-from pcam_core.store import PatchStore
+from pcam_core.data.readers import open_dataset
+from pcam_core.data.splits import holdout_indices, split_train_val
+from pcam_core.data.store import PatchStore
+from pcam_core.runs.config import TrainConfig
+from pcam_core.runs.folder import RunFolder
 
 
 def store_of(labels, splits=None, root: Path = Path("/data/fake")) -> PatchStore:
@@ -96,7 +96,7 @@ def test_holdout_of_a_run_on_other_data_or_without_val_ids_is_refused(tmp_path):
 
 
 def test_a_grouped_split_keeps_every_group_on_one_side_and_the_tumour_share(demo_dir, tmp_path):
-    from pcam_core.splits import read_groups
+    from pcam_core.data.splits import read_groups
 
     store = open_dataset(demo_dir)
     train = store.split_indices("train")
@@ -111,7 +111,7 @@ def test_a_grouped_split_keeps_every_group_on_one_side_and_the_tumour_share(demo
     assert abs(store.labels[val].mean() - store.labels[tr].mean()) < 0.05  # stratified within 5 points
     assert 0.1 < len(val) / len(train) < 0.3
 
-    from pcam_core.crossval import assign_folds
+    from pcam_core.training.crossval import assign_folds
 
     fold = assign_folds(store.ids[train], store.labels[train], 4, 0, read_groups(store, cfg.groups)[train])
     per_group = pd.Series(fold).groupby(groups["group"].to_numpy()).nunique()
@@ -124,7 +124,7 @@ def test_a_grouped_split_keeps_every_group_on_one_side_and_the_tumour_share(demo
                                            (lambda ids: [(ids[0], "a")], "599 of the 600 labelled training"),
                                            (None, "lacks column")])
 def test_bad_groups_files_say_what_is_wrong(demo_dir, tmp_path, rows, message):
-    from pcam_core.splits import read_groups
+    from pcam_core.data.splits import read_groups
 
     store = open_dataset(demo_dir)
     path = tmp_path / "groups.csv"
@@ -139,8 +139,8 @@ def test_bad_groups_files_say_what_is_wrong(demo_dir, tmp_path, rows, message):
 def test_pcam_meta_files_group_the_folds_by_slide(tmp_path):
     import h5py
 
-    from pcam_core.crossval import assign_folds
-    from pcam_core.splits import PCAM_META, default_groups, read_groups
+    from pcam_core.data.splits import PCAM_META, default_groups, read_groups
+    from pcam_core.training.crossval import assign_folds
 
     n = 40
     with h5py.File(tmp_path / "camelyonpatch_level_2_split_train_x.h5", "w") as f:

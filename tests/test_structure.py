@@ -1,8 +1,9 @@
-"""Code shape: imports point down the layers; modules and functions stay small."""
+"""Code shape: the folders are the architecture, imports point down the layers, modules stay small."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,48 +12,131 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARY = sorted((REPO / "pcam_core").glob("*.py"))
+LIBRARY = sorted((REPO / "pcam_core").rglob("*.py"))
 APP = sorted((REPO / "app").rglob("*.py"))
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
+MAX_TOP_LEVEL_MODULES = 6
+# pcam_core's packages, lowest first: a package imports only those before it (and the top-level basics)
+LAYERS = ("runs", "data", "models", "inference", "training", "review", "slides", "bench", "cli")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_of(module: str) -> str:
+    """The package a module belongs to: `runs`, `data`, ... or `` for the top-level basics."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in LAYERS) else ""
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The pcam_core modules a file imports anywhere in it (at the top or inside a function)."""
+    """The pcam_core modules (or packages) a file imports anywhere in it (at the top or inside a function)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pcam_core"):
-            if node.module == "pcam_core":
-                found |= {f"pcam_core.{alias.name}" for alias in node.names}
-            else:
-                found.add(node.module)
+            for alias in node.names:
+                inner = REPO / node.module.replace(".", "/") / alias.name
+                is_module = inner.with_suffix(".py").is_file() or (inner / "__init__.py").is_file()
+                found.add(f"{node.module}.{alias.name}" if is_module else node.module)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("pcam_core.")}
     return found
 
 
-def test_the_library_import_graph_has_no_cycle():
-    graph = {f"pcam_core.{p.stem}": imported_modules(p) - {f"pcam_core.{p.stem}"} for p in LIBRARY}
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, str] = {}
 
-    def visit(module: str, trail: list[str]) -> None:
-        if state.get(module) == "done":
-            return
-        if state.get(module) == "open":
-            cycle = trail[trail.index(module):] + [module]
-            pytest.fail("import cycle: " + " -> ".join(cycle))
-        state[module] = "open"
-        for target in sorted(graph.get(module, ())):
-            visit(target, trail + [module])
-        state[module] = "done"
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if state.get(node) == "done":
+            return None
+        if state.get(node) == "open":
+            return trail[trail.index(node):] + [node]
+        state[node] = "open"
+        for target in sorted(graph.get(node, ())):
+            if cycle := visit(target, trail + [node]):
+                return cycle
+        state[node] = "done"
+        return None
 
-    for module in graph:
-        visit(module, [])
-    assert "pcam_core.validation" not in graph  # its split went to splits.py, its scoring to train.py
+    return next((cycle for node in graph if (cycle := visit(node, []))), None)
+
+
+def library_graph() -> dict[str, set[str]]:
+    graph = {module_name(p): imported_modules(p) for p in LIBRARY}
+    return {module: {t for t in targets if t in graph and t != module and t != "pcam_core"}
+            for module, targets in graph.items()}
+
+
+def test_the_library_import_graph_has_no_cycle_among_modules():
+    graph = library_graph()
+    # `from pcam_core import runs` uses the package's surface: an edge to each module of the package
+    members = {package: {m for m in graph if m.startswith(package + ".")}
+               for package in graph if (REPO / package.replace(".", "/") / "__init__.py").is_file()}
+    expanded = {m: set().union(*(members.get(t, {t}) for t in targets)) - {m} for m, targets in graph.items()}
+    cycle = find_cycle(expanded)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_packages_import_only_the_packages_below_them():
+    upward = []
+    for module, targets in library_graph().items():
+        if module == "pcam_core.__main__":  # the entry point stands above everything
+            continue
+        mine = package_of(module)
+        for target in targets:
+            theirs = package_of(target)
+            if theirs and theirs != mine and (not mine or LAYERS.index(theirs) > LAYERS.index(mine)):
+                upward.append(f"{module} -> {target}")
+    assert not upward, "imports pointing up the layers: " + ", ".join(sorted(upward))
+
+
+def test_the_top_level_is_a_few_basics_and_every_package_says_what_it_holds():
+    top = sorted(p.name for p in (REPO / "pcam_core").glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL_MODULES, top
+    packages = sorted(p.parent.name for p in (REPO / "pcam_core").glob("*/__init__.py"))
+    assert packages == sorted(LAYERS)
+    for name in packages:  # a name of the surface that is also a module would be shadowed once it is imported
+        init = REPO / "pcam_core" / name
+        clash = [n for n in getattr(importlib.import_module(f"pcam_core.{name}"), "__all__", [])
+                 if (init / f"{n}.py").is_file()]
+        assert not clash, f"{name}: {clash} are both names and modules"
+    for name in packages:
+        init = REPO / "pcam_core" / name / "__init__.py"
+        docstring = ast.get_docstring(ast.parse(init.read_text()))
+        assert docstring and len(docstring.splitlines()) >= 3, f"{name}/__init__.py: say what it holds"
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_every_name_a_package_offers_is_there(package):
+    code = (f"import pcam_core.{package} as p; missing = [n for n in getattr(p, '__all__', []) "
+            "if getattr(p, n, None) is None]; print(missing)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr[-500:]
+
+
+APP_LAYERS = ("widgets", "compute", "views")  # lowest first
+
+
+def test_the_app_layout_shows_its_parts_and_imports_point_down():
+    top = sorted(p.name for p in (REPO / "app").glob("*.py"))
+    assert top == ["__init__.py", "bench.py", "streamlit_app.py"], top
+    upward = []
+    for path in (REPO / "app").rglob("*.py"):
+        mine = path.relative_to(REPO / "app").parts[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("app."):
+                theirs = node.module.split(".")[1]
+                above = mine in APP_LAYERS and APP_LAYERS.index(theirs) > APP_LAYERS.index(mine)
+                if theirs == "views" or above:
+                    upward.append(f"{path.relative_to(REPO)} imports {node.module}")
+    assert not upward, upward
 
 
 def test_every_module_imports_alone_in_a_fresh_interpreter():
-    modules = [f"pcam_core.{p.stem}" for p in LIBRARY if p.stem != "__main__"]
+    modules = [module_name(p) for p in LIBRARY if p.stem != "__main__"]
 
     def load(module: str) -> tuple[str, int, str]:
         done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True,
@@ -66,7 +150,8 @@ def test_every_module_imports_alone_in_a_fresh_interpreter():
 
 def test_the_run_list_and_jobs_do_not_import_torch():
     # the app lists runs and polls jobs on every rerun; torch costs seconds to import
-    code = "import sys, pcam_core.jobs, pcam_core.runs, pcam_core.splits; print('torch' in sys.modules)"
+    code = ("import sys, pcam_core.runs.jobs, pcam_core.runs.folder, pcam_core.data.splits, "
+            "pcam_core.slides.cache; print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
 

@@ -7,8 +7,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pcam_core.data import open_dataset
-from pcam_core.submission import build_submission, expected_ids, validate_submission, write_submission
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference.submission import (
+    build_submission,
+    expected_ids,
+    validate_submission,
+    write_submission,
+)
 
 TEST_IDS = [f"t{i:02d}" for i in range(6)]
 KAGGLE_ORDER = ["t03", "t00", "t05", "t01", "t04", "t02"]

@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pcam_core import metrics
-from pcam_core.config import TrainConfig
-from pcam_core.data import open_dataset
-from pcam_core.infer import predictions_table
-from pcam_core.models import create_model, load, read_checkpoint
-from pcam_core.schedule import lr_factor
-from pcam_core.train import fit
+from pcam_core.data.readers import open_dataset
+from pcam_core.inference import metrics
+from pcam_core.inference.infer import predictions_table
+from pcam_core.models.registry import create_model, load, read_checkpoint
+from pcam_core.runs.config import TrainConfig
+from pcam_core.training.schedule import lr_factor
+from pcam_core.training.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 # small and fast: the notebook's CNN on the centre 48 px, 15 steps of 24 per epoch

@@ -2,7 +2,8 @@
 
 import streamlit as st
 
-from app import scoring, sidebar, ui
+from app.compute import scoring
+from app.widgets import sidebar, ui
 from pcam_core import review
 
 SORTS = {"dataset order": None, "probability, high first": ("prob", False),

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import background, sidebar, ui
-from pcam_core import splits
-from pcam_core.duplicates import NEAR_PSNR
+from app.compute import background
+from app.widgets import sidebar, ui
+from pcam_core.data import splits
+from pcam_core.inference.duplicates import NEAR_PSNR
 
 ui.header("Dataset", "The patches the other pages work on. Pick another dataset in the sidebar: the built-in "
                      "demo, the real Kaggle sample, or any folder (Kaggle layout, PCam HDF5 or images).")
@@ -52,7 +53,7 @@ if pairs is None:
                "(with `--checkpoint`, also among a model's nearest embeddings; this page shows the "
                "search without a model, at the default threshold).")
     if st.button("Find duplicates", key="data_duplicates") or background.running(key):
-        from pcam_core import duplicates
+        from pcam_core.inference import duplicates
 
         job = background.job_for(key, lambda progress: duplicates.duplicates(
             store, progress=lambda done, total: progress("scan", done, total)))
@@ -66,7 +67,7 @@ if pairs is not None and pairs.empty:
     st.success(f"No two tissue patches are the same: no exact copies, also flipped or turned, and no near "
                f"copies (pixels agreeing to {NEAR_PSNR} dB). Blank glass is left out of both searches.")
 elif pairs is not None:
-    from pcam_core import duplicates
+    from pcam_core.inference import duplicates
 
     st.warning(f"{len(pairs):,} pairs of copies in {pairs['group'].nunique():,} groups. A validation patch "
                "with a copy in training makes the held-out AUC optimistic: Evaluate and Train say when.")

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import sidebar, ui
+from app.widgets import sidebar, ui
 
 PLOT = {"displaylogo": False}
 # legend in a row above the plot, on the left: plotly's toolbar takes the top right corner

@@ -5,8 +5,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import scoring, sidebar, ui
-from pcam_core import metrics, runs
+from app.compute import scoring
+from app.widgets import sidebar, ui
+from pcam_core import runs
+from pcam_core.inference import metrics
 
 PLOT = {"displaylogo": False}
 LAYOUT = dict(height=340, margin=dict(t=40, b=10, l=10, r=10), showlegend=False)

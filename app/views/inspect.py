@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import images, patch_panel, sidebar, ui
-from pcam_core.data import PatchStore
-from pcam_core.review import ANSWERS, VERDICTS
+from app.widgets import images, patch_panel, sidebar, ui
+from pcam_core.data.readers import PatchStore
+from pcam_core.review.verdicts import ANSWERS, VERDICTS
 
 SCALE = patch_panel.SCALE
 

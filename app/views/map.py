@@ -10,9 +10,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import background, sidebar, ui
-from app.images import with_centre_box
-from pcam_core import embed, review
+from app.compute import background
+from app.widgets import sidebar, ui
+from app.widgets.images import with_centre_box
+from pcam_core import review
+from pcam_core.inference import embed
 
 NO_MODEL = "Colour and texture (no model)"
 CATEGORIES = {
@@ -70,7 +72,9 @@ for column in ("brightness", "saturation", "tissue_frac"):
     table[column] = stats[column].to_numpy()
 preds = None
 if ctx.run is not None and checkpoint is not None:
-    from pcam_core import infer  # the sidebar's model at its TTA views, when Browse or Evaluate scored them
+    from pcam_core.inference import (
+        infer,  # the sidebar's model at its TTA views, when Browse or Evaluate scored them
+    )
 
     preds = infer.cached_predictions([checkpoint], store, split, tta=ctx.tta)
 if preds is not None:  # else the probabilities of the map's own pass (one view)

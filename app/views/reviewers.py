@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import sidebar, ui
-from pcam_core import agreement
+from app.widgets import sidebar, ui
+from pcam_core.review import agreement
 
 ui.header("Reviewers", "How the reviewers' answers agree with each other (Cohen's kappa), with the given "
                        "labels and with the model they saw; the patches on which they conflict, as a queue; "

@@ -7,20 +7,20 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app import images, patch_panel, sidebar, slides_ui, ui
-from pcam_core import jobs
-from pcam_core.review import ANSWERS, VERDICTS
-from pcam_core.slide import STRIDES, Grid, MissingScale
-from pcam_core.slide_cache import job_state
-from pcam_core.slide_export import THRESHOLD, cell_id
-from pcam_core.slide_map import map_slide
+from app.widgets import images, patch_panel, sidebar, slides, ui
+from pcam_core.review.verdicts import ANSWERS, VERDICTS
+from pcam_core.runs import jobs
+from pcam_core.slides.cache import job_state
+from pcam_core.slides.export import THRESHOLD, cell_id
+from pcam_core.slides.maps import map_slide
+from pcam_core.slides.reader import STRIDES, Grid, MissingScale
 
 ui.header("Slides", "A whole-slide image scored cell by cell: every 32x32 centre gets P(tumour) from the "
                     "96x96 around it, as PCam labels patches. Click the map to open the patch there.")
 ctx = sidebar.context()
 
 # ---- which slide -------------------------------------------------------------------------------------
-folders = slides_ui.slide_folders()
+folders = slides.slide_folders()
 pick = st.columns([2, 3, 2])
 source = pick[0].selectbox("Slides from", [*folders, "A folder I type"], key="slides_source")
 folder = folders.get(source) or pick[0].text_input("Slide folder", key="slides_folder",
@@ -29,7 +29,7 @@ if not folder:
     st.info("Type the path of a folder holding .svs, .tif, .ndpi, .mrxs or other slide files.")
     st.stop()
 try:
-    paths = slides_ui.slides_in(str(folder))
+    paths = slides.slides_in(str(folder))
 except FileNotFoundError as e:
     st.error(f"{e}. Check the path.")
     st.stop()
@@ -41,7 +41,7 @@ mpp = pick[2].number_input("Microns per pixel", value=None, min_value=0.05, max_
                            format="%.3f", key="slides_mpp", placeholder="from the file",
                            help="Empty: the scale in the slide's metadata. Needed when it has none.")
 try:
-    slide = slides_ui.open_cached(path, mpp)
+    slide = slides.open_cached(path, mpp)
 except MissingScale:
     st.error(f"{Path(path).name} has no scale in its metadata: type its microns per pixel in Microns per "
              "pixel above (0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x).")
@@ -63,10 +63,10 @@ tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta")
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar to score the slide.")
     st.stop()
-tissue = slides_ui.tissue(path, mtime, mpp, stride)
-n_cells = int((tissue >= slides_ui.MIN_TISSUE).sum())
-settings = slides_ui.settings_for(stride, tta, mpp)
-map_folder = slides_ui.map_folder(path, ctx.run, settings)
+tissue = slides.tissue(path, mtime, mpp, stride)
+n_cells = int((tissue >= slides.MIN_TISSUE).sum())
+settings = slides.settings_for(stride, tta, mpp)
+map_folder = slides.map_folder(path, ctx.run, settings)
 opts[2].markdown(f"**{n_cells:,}** tissue cells of {tissue.size:,} · model **{ctx.run.name}**")
 if n_cells == 0:
     st.warning("No tissue found on this slide (nothing is stained): there is nothing to score.")
@@ -118,12 +118,12 @@ def job_panel() -> None:
         st.rerun(scope="app")
 
 
-slide_map = slides_ui.read_map(map_folder)
+slide_map = slides.read_map(map_folder)
 if slide_map is None or not slide_map.complete:
     state = job_state(map_folder)["state"]
     if state == "not started":
         work = n_cells * tta
-        here = work <= slides_ui.IN_PROCESS_CELLS
+        here = work <= slides.IN_PROCESS_CELLS
         label = "Score this slide" + ("" if here else " in the background")
         if st.button(label, key="slides_score", type="primary", icon=":material/play_arrow:",
                      help=f"{n_cells:,} cells x {tta} views"):
@@ -153,11 +153,11 @@ view[2].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at 
                     if slide_map.meta.get("failed") else ""))
 chosen = st.session_state.get("slides_cell")
 selected = chosen[:2] if chosen and chosen[2:] == (path, stride) else None
-uri, down, thumb_size = slides_ui.thumbnail_uri(path, mtime, mpp)
-event = st.plotly_chart(slides_ui.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected),
+uri, down, thumb_size = slides.thumbnail_uri(path, mtime, mpp)
+event = st.plotly_chart(slides.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected),
                         key="slides_map", on_select="rerun", selection_mode="points",
                         config={"scrollZoom": True, "displaylogo": False})
-clicked = slides_ui.clicked_cell(event, slide_map)
+clicked = slides.clicked_cell(event, slide_map)
 if clicked is not None and clicked != st.session_state.get("slides_last_click"):
     st.session_state["slides_last_click"] = clicked
     pick_cell(*clicked)
@@ -171,7 +171,7 @@ with st.expander("Top-scoring cells", expanded=selected is None):
     for i, flat in enumerate(order):
         row, col = divmod(int(flat), slide_map.prob.shape[1])
         with grid_cols[i % 8]:
-            st.image(images.with_centre_box(slides_ui.window(path, mtime, mpp, stride, row, col), 1),
+            st.image(images.with_centre_box(slides.window(path, mtime, mpp, stride, row, col), 1),
                      width="stretch", caption=f"P {slide_map.prob[row, col]:.3f}")
             st.button("Open", key=f"slides_top_{i}", on_click=pick_cell, args=(row, col), width="stretch")
 
@@ -209,7 +209,7 @@ if selected is not None:
     x, y, size = grid.window_box(row, col)
     patch = cell_id(slide.name, x, y, size)
     p = float(slide_map.prob[row, col])
-    rgb = slides_ui.window(path, mtime, mpp, stride, row, col)
+    rgb = slides.window(path, mtime, mpp, stride, row, col)
     st.subheader(f"Cell r{row} c{col}")
     st.caption(f"Patch id {patch}: the 96x96 window at level-0 ({x:,}, {y:,}), {size} slide px a side.")
     original, heat, controls = st.columns([4, 4, 3])
@@ -261,7 +261,7 @@ with st.expander("Downloads and export"):
     if st.button("Export", key="slides_export", icon=":material/save:"):
         verdicts = ui.current_verdicts(slide_key)
         try:
-            summary = slides_ui.export(slide, slide_map, verdicts, int(top), target)
+            summary = slides.export(slide, slide_map, verdicts, int(top), target)
         except (ValueError, OSError) as e:
             st.error(f"Export failed: {e}")
         else:

@@ -6,9 +6,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import scoring, sidebar, ui
+from app.compute import scoring
+from app.widgets import sidebar, ui
 from pcam_core import runs
-from pcam_core.submission import build_submission, validate_submission
+from pcam_core.inference.submission import build_submission, validate_submission
 
 ui.header("Submit", "A Kaggle submission: one tumour probability per test patch (probabilities, not 0/1 "
                     "labels, since Kaggle scores ROC AUC). Several models are averaged.")

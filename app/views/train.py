@@ -7,10 +7,13 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import sidebar, ui
-from pcam_core import agreement, crossval, jobs, runs
-from pcam_core.config import SCHEDULES, TrainConfig
-from pcam_core.models import list_models
+from app.widgets import sidebar, ui
+from pcam_core import runs
+from pcam_core.models.registry import list_models
+from pcam_core.review import agreement
+from pcam_core.runs import jobs
+from pcam_core.runs.config import SCHEDULES, TrainConfig
+from pcam_core.training import crossval
 
 ui.header("Train", "Train a classifier on this dataset as a background job: it keeps running when you "
                    "close the tab, and its checkpoints appear in the sidebar's model list. One job runs "
@@ -114,7 +117,7 @@ def crossvals() -> None:
         line = f"**{folder.name}**: {now['state']}, {now['folds']} folds of {now['model']}"
         if now["state"] == "finished":
             oof = crossval.read_oof(folder)
-            from pcam_core.metrics import roc_auc
+            from pcam_core.inference.metrics import roc_auc
 
             line += (f"; out-of-fold AUC {roc_auc(oof['label'].to_numpy(), oof['prob'].to_numpy()):.4f} on "
                      f"{len(oof):,} patches. Browse: Likely mislabelled lists cleanlab's flags.")
