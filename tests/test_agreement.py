@@ -37,9 +37,12 @@ def test_kappa_matches_scikit_learn_on_the_patches_both_reviewed():
     rows += [("p5", "Eve", "tumour")]  # Eve shares only p5, and answers it as Ann did
     rows += [("p1", "Ann", "normal"), ("p1", "Ann", "tumour")]  # Ann changed her mind twice: tumour counts
     table = agreement.kappa_table(history(rows)).set_index(["reviewer_a", "reviewer_b"])
-    assert table.loc[("Ann", "Ben"), "patches"] == 8
-    assert table.loc[("Ann", "Ben"), "kappa"] == pytest.approx(cohen_kappa_score(ANN, BEN))
-    assert table.loc[("Ann", "Ben"), "agree"] == pytest.approx(np.mean(np.array(ANN) == np.array(BEN)))
+    # unsure counts for nothing, in kappa as in the label: the patches both answered yes or no
+    answered = [(a, b) for a, b in zip(ANN, BEN, strict=True) if "unsure" not in (a, b)]
+    ann, ben = np.array(answered).T
+    assert table.loc[("Ann", "Ben"), "patches"] == len(answered) == 6
+    assert table.loc[("Ann", "Ben"), "kappa"] == pytest.approx(cohen_kappa_score(ann, ben))
+    assert table.loc[("Ann", "Ben"), "agree"] == pytest.approx(np.mean(ann == ben))
     assert table.loc[("Ann", "Cy"), "patches"] == 1
     assert table.loc[("Ann", "Cy"), "kappa"] == pytest.approx(cohen_kappa_score(["tumour"], ["normal"]))
     assert np.isnan(table.loc[("Ann", "Eve"), "kappa"])  # one answer throughout: kappa is 0/0, shown as n/a
@@ -69,8 +72,24 @@ def test_the_conflict_queue_puts_even_splits_first():
             ("v", "Ann", "tumour"), ("v", "Ben", "tumour"),  # agreed: not in the queue
             ("u", "Cy", "normal"), ("u", "Dee", "tumour")]  # a tie, 2 reviewers, later than y
     queue = agreement.conflicts(history(rows))
-    assert queue["id"].tolist() == ["w", "u", "y", "x", "z"]
+    assert queue["id"].tolist() == ["w", "u", "y", "x"]  # z differs by an unsure only: no disagreement
     assert queue.set_index("id").loc["x", "reviewers"] == "Ann: tumour, Ben: normal, Cy: normal"
+    # one definition: the ties in the queue are the conflicts the settled labels leave out
+    settled = agreement.settled_labels(history(rows))
+    ties = set(settled.loc[settled["settled"] == "conflict", "id"])
+    assert set(queue.loc[queue["settled"] == "conflict", "id"]) == ties == {"w", "u", "y"}
+
+
+def test_a_name_typed_in_another_case_or_spacing_is_the_same_reviewer():
+    rows = [("a", "Alice", "tumour"), ("a", "Bob", "normal"), ("b", "alice ", "normal"),
+            ("b", "Bob", "normal"), ("a", " ALICE", "normal")]  # a changed mind, typed otherwise
+    latest = agreement.per_reviewer(history(rows))
+    assert sorted(set(latest["reviewer"])) == ["Alice", "Bob"]
+    assert latest.set_index(["patch_id", "reviewer"]).loc[("a", "Alice"), "verdict"] == "normal"
+    assert agreement.kappa_table(history(rows))[["reviewer_a", "reviewer_b", "patches"]].values.tolist() == [
+        ["Alice", "Bob", 2]]
+    assert agreement.settled_labels(history(rows)).set_index("id")["settled"].to_dict() == {"a": "agreed",
+                                                                                           "b": "agreed"}
 
 
 def test_reviewer_table_counts_and_agreement():
@@ -84,6 +103,7 @@ def test_reviewer_table_counts_and_agreement():
     assert table.loc["Ben", "agrees with the label"] == 0.0
 
 
+@pytest.mark.slow
 def test_reviewed_labels_reach_training(demo_dir, tmp_path):
     """The CLI writes what the reviewers settled on; train --labels uses it (every label flipped: the
     model learns the opposite) and --exclude-ids leaves the conflicts out."""

@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from pcam_core import review
 from pcam_core.data.readers import open_dataset
 from pcam_core.inference import infer
@@ -36,6 +38,7 @@ def test_browse_without_a_model_pages_through_the_split(open_app, page_text):
     assert "of 60 test patches" in page_text(at)
 
 
+@pytest.mark.slow
 def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page_text, demo_dir, tmp_path,
                                                       scored):
     at = scored(open_app("browse"))
@@ -71,6 +74,7 @@ def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):
     assert "Patch 3 of 600 in the current filter" in page_text(at)
 
 
+@pytest.mark.slow
 def test_browse_shows_its_first_page_while_the_split_is_scored(open_app, with_model, page_text, demo_dir,
                                                                 monkeypatch, scored, scoring_of):
     release, real = threading.Event(), infer.predictions_table

@@ -61,6 +61,7 @@ def test_the_roc_marker_sits_at_the_threshold_own_point(open_app, with_model, de
     assert marker["y"][0] == pytest.approx(rates["sensitivity"])
 
 
+@pytest.mark.slow
 def test_two_runs_are_compared_on_the_patches_both_held_out(open_app, trained_runs, demo_dir, tmp_path,
                                                            monkeypatch):
     import shutil

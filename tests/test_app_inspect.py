@@ -153,7 +153,17 @@ def test_browse_and_inspect_show_the_same_probability_for_a_patch(open_app, with
         assert not at.exception
         metrics = {m.label: m.value for m in at.metric}
         assert float(metrics["P(tumour)"]) == pytest.approx(browse_p, abs=1.5e-3), (tta, caption, metrics)
-        assert f"P over {tta} view" in page_text(at)
+        # the number, the spread and the chart say the same: tta views counted, the rest drawn grey
+        assert f"P and spread over the {tta} view" in page_text(at)
+        chart = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
+        colours = chart["marker"]["color"]
+        counted = [x for x, colour in zip(chart["x"], colours, strict=True) if colour == "#3F6FA0"]
+        assert len(counted) == tta
+        assert float(metrics["P(tumour)"]) == pytest.approx(np.mean(counted), abs=1.5e-3)
+        if tta == 1:
+            assert metrics["Spread"] == "n/a"
+        else:
+            assert float(metrics["Spread"]) == pytest.approx(np.std(counted), abs=1.5e-3)
 
 
 def test_a_verdict_can_move_on_to_the_next_patch_and_the_count_follows(open_app, with_model, page_text):
@@ -166,3 +176,14 @@ def test_a_verdict_can_move_on_to_the_next_patch_and_the_count_follows(open_app,
     at.button(key="inspect_prev").click().run()
     assert "Current verdict: **tumour** by Dr Ann" in page_text(at)
     assert "the label" in page_text(at)  # agreement with the given label is derived and shown
+
+
+def test_markdown_in_a_reviewer_name_is_shown_as_text(open_app, page_text):
+    hostile = "[x](http://example.invalid) ![](http://example.invalid/i.png) :red[Dr]"
+    at = open_app("inspect", reviewer=hostile)
+    at.button(key="inspect_verdict_tumour").click().run()
+    assert not at.exception
+    shown = next(m.value for m in at.markdown if m.value.startswith("Current verdict"))
+    # escaped: the markdown the page sends renders the characters, not a link, an image or a colour
+    assert "[x](http" not in shown and "![](" not in shown and ":red[" not in shown
+    assert r"\[x\]\(http\://example\.invalid\)" in shown

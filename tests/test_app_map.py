@@ -40,6 +40,7 @@ def select_on_map(at, indices) -> None:
                                                    "box": [], "lasso": []}}
 
 
+@pytest.mark.slow
 def test_a_box_on_the_model_free_map_reaches_browse(open_app, page_text, demo_dir):
     at = until_mapped(open_app("map"))
     assert "600 train patches, mapped from colour and texture statistics" in page_text(at)
@@ -61,6 +62,7 @@ def test_a_box_on_the_model_free_map_reaches_browse(open_app, page_text, demo_di
     assert store.ids[3] in " ".join(embed.cached_map(store, "train")["id"])
 
 
+@pytest.mark.slow
 def test_the_model_map_colours_errors_and_shows_a_clicked_patch_with_its_neighbours(open_app, with_model,
                                                                                    page_text, demo_dir):
     at = until_mapped(open_app("map"))
@@ -101,6 +103,7 @@ def planted_app(open_app, demo_dir, tmp_path, monkeypatch):
     return open_app, tmp_path / "planted", pairs
 
 
+@pytest.mark.slow
 def test_duplicates_found_on_the_dataset_page_filter_browse_and_warn_evaluate(planted_app, page_text,
                                                                              trained_runs, tmp_path,
                                                                              monkeypatch):

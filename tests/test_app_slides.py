@@ -30,6 +30,7 @@ def open_slides(open_app, folder: Path, reviewer: str = ""):
     return at
 
 
+@pytest.mark.slow
 def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_text, slide_folder, tmp_path):
     at = open_slides(open_app, slide_folder, reviewer="Dr Ann")
     assert "1,536 x 1,024 px at 0.972 um/px" in page_text(at)

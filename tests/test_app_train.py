@@ -3,12 +3,15 @@
 import json
 import time
 
+import pytest
+
 from pcam_core import runs
 from pcam_core.runs import jobs
 
 pytest_plugins = ["apptest"]
 
 
+@pytest.mark.slow
 def test_training_from_the_form_runs_to_completion(open_app, page_text, tmp_path):
     at = open_app("train")
     assert not at.exception
@@ -61,6 +64,7 @@ def wait_until(run: str, done) -> dict:
     return status
 
 
+@pytest.mark.slow
 def test_stop_then_resume_from_the_page_ends_with_every_epoch(open_app, page_text, tmp_path):
     at = open_app("train")
     at.selectbox(key="train_model").set_value("base_cnn")
@@ -84,6 +88,7 @@ def test_stop_then_resume_from_the_page_ends_with_every_epoch(open_app, page_tex
     assert runs.metrics(run)["epoch"].tolist() == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_run_on_the_reviewers_labels_records_them(open_app, tmp_path, demo_dir):
     from pcam_core.data.readers import open_dataset
     from pcam_core.review.verdicts import ReviewStore
@@ -110,6 +115,7 @@ def test_a_run_on_the_reviewers_labels_records_them(open_app, tmp_path, demo_dir
     assert status["state"] == "finished", jobs.log_tail(run)
 
 
+@pytest.mark.slow
 def test_a_crossval_from_the_page_runs_and_feeds_browse(open_app, page_text, tmp_path):
     at = open_app("train")
     at.number_input(key="train_epochs").set_value(1)

@@ -139,6 +139,7 @@ def test_prediction_follows_the_calibration_and_an_explicit_batch_size_overrides
     np.testing.assert_allclose(again, first, atol=1e-5)  # the layout and batch change speed, not results
 
 
+@pytest.mark.slow
 def test_bf16_and_compiled_predictions_agree_with_fp32(demo_dir):
     store = open_dataset(demo_dir)
     torch.manual_seed(0)
@@ -179,6 +180,7 @@ def test_a_job_started_from_the_app_runs_niced_with_passive_openmp_threads(demo_
             time.sleep(0.2)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator")
 def test_commands_reuse_freed_tensor_memory_instead_of_faulting_it_in_again():
     script = """

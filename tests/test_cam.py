@@ -162,6 +162,7 @@ def lite0_run(demo_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "layercam"])
 def test_lite0_maps_at_the_default_layer_point_at_the_demo_tumour(lite0_run, demo_dir, method):
     # the default layer (block 5, 6 x 6 cells) was chosen by this measure in the benchmark; LayerCAM's sign

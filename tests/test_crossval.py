@@ -32,6 +32,7 @@ def noisy(demo_dir, tmp_path_factory):
     return root / "data", out, flipped, done.stdout
 
 
+@pytest.mark.slow
 def test_every_labelled_patch_gets_one_out_of_fold_probability(noisy):
     data, out, _, stdout = noisy
     oof = crossval.read_oof(out)
@@ -91,6 +92,16 @@ def test_label_issues_cli_and_its_errors(noisy, tmp_path):
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode != 0
     assert len(missing.stderr.strip().splitlines()) == 1 and "run `crossval`" in missing.stderr
+    # a fold whose training diverged left NaN: one line naming it, not "0 flagged" over the rest
+    oof = pd.read_csv(out / "oof.csv", dtype={"id": str})
+    diverged = tmp_path / "diverged"
+    diverged.mkdir()
+    oof.assign(prob=np.where(oof["fold"] == 1, np.nan, oof["prob"])).to_csv(diverged / "oof.csv", index=False)
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "label-issues", "--crossval", str(diverged)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "flagged" not in done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1 and "fold(s) 1" in done.stderr, done.stderr
+    assert not (diverged / "label_issues.csv").exists()
 
 
 def test_folds_leave_out_the_excluded_and_stratify_on_the_labels_given(demo_dir, tmp_path):
@@ -110,6 +121,7 @@ def test_folds_leave_out_the_excluded_and_stratify_on_the_labels_given(demo_dir,
                         tmp_path / "cv2")
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_give_one_crossval(demo_dir, tmp_path):
     import os
 

@@ -196,6 +196,7 @@ def test_killed_pack_process_is_rebuilt_on_next_open(demo_dir, tmp_path):
     assert not partial.exists(), "a dead process's half-written pack is cleaned up"
 
 
+@pytest.mark.slow
 def test_pack_from_a_threaded_process_does_not_hang(demo_dir, tmp_path):
     """The app server runs many threads and the train job has torch loaded; forking either can
     deadlock a worker, so pack starts fresh workers there, and those must not re-run the caller's

@@ -28,6 +28,7 @@ def planted(tmp_path_factory):
     return root, pairs
 
 
+@pytest.mark.slow
 def test_every_planted_copy_is_found_and_nothing_else(planted):
     root, pairs = planted
     store = open_dataset(root / "data")
@@ -75,6 +76,7 @@ def test_identical_copies_form_one_group_and_leaks_name_the_held_out_side():
     assert len(leaked) == 2
 
 
+@pytest.mark.slow
 def test_the_duplicates_command_writes_pairs_and_counts(planted, tmp_path):
     root, _ = planted
     out = tmp_path / "pairs.csv"

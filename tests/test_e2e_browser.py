@@ -198,8 +198,8 @@ def test_two_reviewers_disagree_and_the_patch_joins_the_conflict_queue(server, d
         settle(page)
         page.screenshot(path=shots / "reviewers.png", full_page=True)
         assert errors_on(page) == 0
-        assert page.get_by_role("heading", name="Conflicts (1)").count() == 1
-        page.get_by_role("button", name="Review the 1 conflicts in Inspect").click()
+        assert page.get_by_role("heading", name="Disagreements (1)").count() == 1
+        page.get_by_role("button", name="Review the 1 disagreements in Inspect").click()
         page.get_by_role("heading", name="Inspect").wait_for()
         settle(page)
         assert page.get_by_text("Patch 1 of 1 in the current filter").count() == 1
@@ -211,10 +211,11 @@ def test_two_reviewers_disagree_and_the_patch_joins_the_conflict_queue(server, d
 
 
 def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
+    # a named reviewer, as every real one is: the switch to Browse must keep the URL's bound parameters
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1100})
-        page.goto(f"{server}/map")
+        page.goto(f"{server}/map?reviewer=Dr+Map")
         plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area (made in the background)
         plot.wait_for(timeout=240_000)
         settle(page)
@@ -236,4 +237,5 @@ def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
         assert errors_on(page) == 0
         assert page.get_by_text(f"{count:,} of 600 train patches match").count() == 1
         assert page.get_by_text(f"Map selection: {count:,} patches").count() == 1
+        assert "reviewer=Dr+Map" in page.url
         browser.close()

@@ -118,6 +118,7 @@ def test_a_model_without_a_linear_classifier_is_named(store):
         embed.model_features(model, store, np.arange(4), device="cpu")
 
 
+@pytest.mark.slow
 def test_the_embed_command_writes_the_map_and_names_bad_input(demo_dir, trained_runs, tmp_path):
     out = tmp_path / "map.csv"
     cmd = [sys.executable, "-m", "pcam_core", "embed", "--data", str(demo_dir), "--split", "test"]
@@ -133,3 +134,16 @@ def test_the_embed_command_writes_the_map_and_names_bad_input(demo_dir, trained_
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "error:" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "m2.csv").exists()
+
+
+def test_identical_patches_get_one_place_on_the_map_not_nan():
+    rng = np.random.default_rng(0)
+    blank = np.full((50, 12), 0.9, np.float32)  # 50 blank patches: every statistic the same
+    assert np.isfinite(embed.map_2d(blank)).all()
+    five = rng.normal(size=(5, 12)).astype(np.float32)
+    copies = np.repeat(five, 30, axis=0)  # 30 copies of each of 5 patches
+    xy = embed.map_2d(copies)
+    assert np.isfinite(xy).all()
+    assert all(len(np.unique(xy[i * 30:(i + 1) * 30], axis=0)) == 1 for i in range(5))
+    many = np.vstack([rng.normal(size=(40, 12)), np.zeros((60, 12))]).astype(np.float32)
+    assert np.isfinite(embed.map_2d(many)).all()

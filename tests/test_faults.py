@@ -32,6 +32,18 @@ def cli(*args, env: dict | None = None, timeout: float = 300, code: str | None =
                           env={**os.environ, **(env or {})})
 
 
+def cli_in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """`cli` without a new interpreter, for errors found before any work starts (torch is loaded once)."""
+    from pcam_core.cli.main import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def one_line_error(done: subprocess.CompletedProcess, *words: str) -> str:
     """Asserts a failed command said one `error:` line with `words` in it and no traceback."""
     errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
@@ -60,6 +72,7 @@ def big_demo(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_pack_onto_a_full_disk_says_how_much_it_needs_and_leaves_nothing(big_demo, tmp_path):
     with small_disk(tmp_path / "disk", "20m") as disk:
         done = cli("pack", "--data", big_demo, env={"PCAM_CACHE_DIR": str(disk)})
@@ -78,6 +91,7 @@ def test_a_decode_worker_that_dies_on_a_full_disk_stops_the_pack(big_demo, tmp_p
         assert not list(disk.rglob("pack.tmp-*"))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_fails_the_run_and_keeps_the_last_one(demo_dir, tmp_path):
     from pcam_core.models.registry import read_checkpoint
     from pcam_core.runs.folder import status
@@ -108,8 +122,8 @@ def test_a_checkpoint_that_does_not_fit_fails_the_run_and_keeps_the_last_one(dem
     (["train", "--jitter", "nan"], ["jitter must be"]),
     (["train", "--patience", "-1"], ["patience must be 0 or more"]),
 ])
-def test_out_of_range_training_options_are_refused_up_front(argv, words, demo_dir, tmp_path):
-    done = cli(*argv, "--data", demo_dir, "--model", "base_cnn", "--out", tmp_path / "run")
+def test_out_of_range_training_options_are_refused_up_front(argv, words, demo_dir, tmp_path, capsys):
+    done = cli_in_process(capsys, *argv, "--data", demo_dir, "--model", "base_cnn", "--out", tmp_path / "run")
     one_line_error(done, *words)
     assert not (tmp_path / "run" / "last.pt").exists()
 
@@ -122,6 +136,7 @@ def test_evaluate_refuses_a_threshold_that_is_not_a_probability(demo_dir, tmp_pa
     one_line_error(done, "--threshold", "between 0 and 1")
 
 
+@pytest.mark.slow
 def test_paths_that_cannot_be_written_are_one_line(demo_dir, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -212,6 +227,7 @@ def test_a_sample_submission_that_cannot_be_read_is_named(demo_dir, tmp_path):
                    "sample_submission.csv", "id column")
 
 
+@pytest.mark.slow
 def test_a_sample_submission_listing_only_some_test_ids_is_said_out_loud(demo_dir, tmp_path):
     from pcam_core.models.registry import Classifier
 
@@ -249,6 +265,7 @@ def pcam_folder(folder: Path, x: np.ndarray, **dataset_options) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_damaged_pcam_image_files_are_named(tmp_path):
     import h5py
 
@@ -274,6 +291,7 @@ def test_damaged_pcam_image_files_are_named(tmp_path):
     one_line_error(done, "camelyonpatch_level_2_split_train_x.h5 is damaged", "re-download")
 
 
+@pytest.mark.slow
 def test_a_cache_folder_that_is_a_file_and_a_broken_run_config_are_one_line(demo_dir, tmp_path):
     blocker = tmp_path / "cache-file"
     blocker.write_text("x")
@@ -283,3 +301,14 @@ def test_a_cache_folder_that_is_a_file_and_a_broken_run_config_are_one_line(demo
     (run / "config.json").write_text("{not json")
     (run / "last.pt").write_bytes(b"")
     one_line_error(cli("train", "--resume", run), "config.json", "not valid JSON")
+
+
+def test_a_verdict_store_that_is_not_sqlite_or_is_a_folder_is_one_line(demo_dir, tmp_path):
+    text = tmp_path / "notes.sqlite"
+    text.write_text("these are my notes, not a database\n" * 50)
+    before = text.read_bytes()
+    for db in (text, tmp_path):
+        done = cli("reviewed-labels", "--data", demo_dir, "--db", db, "--out", tmp_path / "l.csv")
+        one_line_error(done, str(db))
+    assert text.read_bytes() == before  # nothing written into it
+    assert not (tmp_path / "l.csv").exists()

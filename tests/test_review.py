@@ -196,3 +196,12 @@ def test_tags_are_kept_once_per_patch_with_who_gave_them_first(store):
     with pytest.raises(ValueError, match="reviewer name"):
         store.tag("d", ["a"], "x", "")
     assert len(store.tags("d")) == 4  # nothing half-written by the refused calls
+
+
+def test_a_tag_sent_twice_writes_each_patch_once(store):
+    # the Map page's form sent by Enter and then by its button: the second adds nothing
+    assert store.tag("d", ["a", "b", "b"], "pale stain", "Ann") == 2
+    assert store.tag("d", ["a", "b", "c"], "pale stain", "Ann") == 1
+    with sqlite3.connect(store.path) as con:
+        rows = con.execute("SELECT patch_id FROM tags WHERE dataset = 'd' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == ["a", "b", "c"]

@@ -22,6 +22,7 @@ from pcam_core.inference.infer import predict_images
 from pcam_core.models.registry import load
 from pcam_core.slides.cache import job_state, load_map
 from pcam_core.slides.demo import make_demo_slide, make_slide_image, mask_path, write_slide
+from pcam_core.slides.export import geojson
 from pcam_core.slides.maps import cell_patch, map_slide, tissue_fraction
 from pcam_core.slides.reader import PCAM_MPP, Grid, open_slide
 
@@ -88,19 +89,24 @@ def test_real_slide_map_and_geojson_lie_inside_the_slide(real_slides, trained_ru
                           out=tmp_path, device="cpu")
     assert slide_map.complete and slide_map.prob.shape == (16, 12)
     assert slide_map.scored == slide_map.meta["total"] > 50
-    shapes = json.loads((slide_map.folder / "cells.geojson").read_text())
-    assert shapes["type"] == "FeatureCollection"
-    for feature in shapes["features"]:
+    assert json.loads((slide_map.folder / "cells.geojson").read_text())["type"] == "FeatureCollection"
+    every_cell = geojson(slide_map, threshold=0.0)  # the edge cells too, whatever the tiny model says
+    points = []
+    for feature in every_cell["features"]:
         geometry = feature["geometry"]
         polygons = [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
-        points = np.array([p for polygon in polygons for ring in polygon for p in ring])
-        # cells cover the slide's edge by less than one cell (187 px)
-        assert (points >= 0).all() and (points <= np.array([2220, 2967]) + 187).all()
+        points += [p for polygon in polygons for ring in polygon for p in ring]
+    points = np.array(points)
+    # cut at the slide's edge (2,220 x 2,967 px): the bottom row of cells would reach 2,992
+    assert (points >= 0).all() and (points <= np.array([2220, 2967])).all()
+    edge = slide_map.cells().eval("y + size").max()
+    assert edge > 2967 and points[:, 1].max() == 2967  # a scored cell crossed the edge, and was cut there
     cells = pd.read_csv(slide_map.folder / "cells.csv")
     assert list(cells.columns) == ["row", "col", "x", "y", "size", "tissue", "prob"]
     assert len(cells) == slide_map.scored and cells["size"].iloc[0] == 187  # 96 * 0.972 / 0.499
 
 
+@pytest.mark.slow
 def test_slide_without_a_scale_needs_mpp(real_slides, trained_runs, tmp_path):
     tcga = real_slides / "TCGA-CR-7395-01A-01-TS1.svs"
     cmd = [sys.executable, "-m", "pcam_core", "slide", "--checkpoint", str(trained_runs / "tiny"), "--slide",
@@ -150,6 +156,7 @@ def test_a_cell_is_the_slide_pixels_there_with_no_shift(tmp_path, stride, factor
                                   level0[ys:ys + size, xs:xs + size])
 
 
+@pytest.mark.slow
 def test_map_finds_the_known_tumour_and_matches_predict(demo_slide, trained_runs, tmp_path):
     run = trained_runs / "tiny"
     slide_map = map_slide([run], demo_slide, stride=32, out=tmp_path, device="cpu")
@@ -221,6 +228,7 @@ def test_unreadable_region_is_skipped_and_reported(demo_slide, trained_runs, tmp
     assert slide_map.scored == slide_map.meta["total"] - slide_map.meta["failed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, expected", [
     (lambda d: d / "notes.svs", "is not a slide"),
     (lambda d: d / "missing.svs", "does not exist"),

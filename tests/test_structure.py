@@ -111,10 +111,9 @@ def test_the_top_level_is_a_few_basics_and_every_package_says_what_it_holds():
 
 @pytest.mark.parametrize("package", LAYERS)
 def test_every_name_a_package_offers_is_there(package):
-    code = (f"import pcam_core.{package} as p; missing = [n for n in getattr(p, '__all__', []) "
-            "if getattr(p, n, None) is None]; print(missing)")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "[]", done.stdout + done.stderr[-500:]
+    surface = importlib.import_module(f"pcam_core.{package}")
+    missing = [name for name in getattr(surface, "__all__", []) if getattr(surface, name, None) is None]
+    assert not missing, f"pcam_core.{package} offers {missing} but has none"
 
 
 APP_LAYERS = ("widgets", "compute", "views")  # lowest first
@@ -135,8 +134,10 @@ def test_the_app_layout_shows_its_parts_and_imports_point_down():
     assert not upward, upward
 
 
+@pytest.mark.slow
 def test_every_module_imports_alone_in_a_fresh_interpreter():
-    modules = [module_name(p) for p in LIBRARY if p.stem != "__main__"]
+    # a package's lazy __init__ imports nothing of its own (its names are checked above)
+    modules = [module_name(p) for p in LIBRARY if p.stem not in ("__main__", "__init__")]
 
     def load(module: str) -> tuple[str, int, str]:
         done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True,

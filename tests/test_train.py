@@ -38,6 +38,7 @@ def run_all(cfg: TrainConfig, stop: threading.Event | None = None, stop_after: i
     return events
 
 
+@pytest.mark.slow
 def test_two_short_epochs_on_demo_lift_auc_well_above_chance(demo_dir, tmp_path):
     # 30 steps of 24 patches: the demo's margin patches (a few tumour nuclei reaching into the centre)
     # are not learnt in the 15 steps of one such epoch, whose schedule decays almost at once

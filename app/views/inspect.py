@@ -120,7 +120,8 @@ with dataset_tab:
     history = ui.verdict_history(ctx.dataset_key, patch_id)
     if len(history):
         last = history.iloc[-1]
-        st.markdown(f"Current verdict: **{last['verdict']}** by {last['reviewer']} ({last['created'][:16]})"
+        st.markdown(f"Current verdict: **{last['verdict']}** by {ui.as_text(last['reviewer'])} "
+                    f"({last['created'][:16]})"
                     + patch_panel.agreement(last["verdict"], label, prob))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")

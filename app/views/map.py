@@ -173,7 +173,7 @@ with right:
             st.session_state["browse_split"] = split
             st.session_state["browse_map_selection"] = True
             st.session_state["browse_page"] = 1
-            st.switch_page("views/browse.py")
+            ui.switch_page("views/browse.py")
         st.download_button("Download their ids (CSV)", pd.DataFrame({"id": ids}).to_csv(index=False),
                            file_name=f"map_selection_{split}.csv", mime="text/csv", on_click="ignore",
                            key="map_export")
@@ -184,7 +184,9 @@ with right:
             if row[1].form_submit_button(f"Tag {len(chosen):,}", key="map_tag_save"):
                 try:
                     n = ui.review_store().tag(ctx.dataset_key, ids.tolist(), tag, ctx.reviewer)
-                    st.success(f"Tagged {n:,} patches '{tag.strip()}'.")
+                    already = len(chosen) - n
+                    st.success(f"Tagged {n:,} patches '{ui.as_text(tag.strip())}'"
+                               + (f" ({already:,} had it already)." if already else "."))
                 except ValueError as e:
                     st.error(str(e))
                 except (sqlite3.Error, OSError) as e:

@@ -46,12 +46,15 @@ else:
                                 "kappa": st.column_config.TextColumn("Cohen's kappa", help=kappa_help)})
 
 queue = agreement.conflicts(history)
-st.subheader(f"Conflicts ({len(queue):,})")
+ties = int((queue["settled"] == "conflict").sum())
+st.subheader(f"Disagreements ({len(queue):,})")
 if queue.empty:
-    st.caption("No patch has different answers from different reviewers.")
+    st.caption("No patch has a Yes and a No from different reviewers (Unsure counts for nothing).")
 else:
+    st.caption(f"{ties:,} ties (the conflicts left out of training below) and {len(queue) - ties:,} settled "
+               "by a majority; a Yes and a No on one patch, Unsure counting for nothing.")
     st.dataframe(queue, hide_index=True, key="reviewers_conflicts")
-    if st.button(f"Review the {len(queue):,} conflicts in Inspect", key="reviewers_open", type="primary",
+    if st.button(f"Review the {len(queue):,} disagreements in Inspect", key="reviewers_open", type="primary",
                  help="Inspect walks the queue: the most even splits first."):
         order = store.index_of(queue["id"])
         ui.open_in_inspect(int(order[0]), order)

@@ -221,7 +221,8 @@ if selected is not None:
     history = ui.verdict_history(slide_key, patch)
     if len(history):
         last = history.iloc[-1]
-        st.caption(f"Current verdict: {last['verdict']} by {last['reviewer']}, {last['created'][:16]}"
+        st.caption(f"Current verdict: {last['verdict']} by {ui.as_text(last['reviewer'])}, "
+                   f"{last['created'][:16]}"
                    + patch_panel.agreement(last["verdict"], -1, last["prob"]))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")

@@ -28,6 +28,17 @@ def cam_view(rgb: np.ndarray, cam: np.ndarray, key: str) -> None:
     row[1].selectbox("Colours", ["jet", "inferno", "viridis"], key=f"{key}_cmap")
 
 
+def views_chart(views: np.ndarray, counted: np.ndarray) -> go.Figure:
+    """P per view in the views' own order, the original on top, the counted ones blue, on a fixed 0-1 axis
+    (a rescaled axis made 0.004 look like certainty)."""
+    bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h",
+                            marker_color=np.where(counted, "#3F6FA0", "#C9CED6").tolist(),
+                            hovertemplate="%{y}: P(tumour) %{x:.3f}<extra></extra>"))
+    bars.update_layout(height=250, margin=dict(t=10, b=10, l=10, r=10), xaxis_range=[0, 1],
+                       xaxis_title="P(tumour)", yaxis_autorange="reversed")
+    return bars
+
+
 def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_col, tta: int = 8
                 ) -> float | None:
     """Prediction per TTA view and CAM controls in `control_col`, the overlay in `image_col`;
@@ -38,22 +49,19 @@ def model_panel(run: Path | None, rgb: np.ndarray, key: str, image_col, control_
         return None
     run, mtime = ui.model_key(run)
     views = ui.tta_views(run, mtime, rgb)
-    used = views[list(view_indices(tta))]
+    counted = np.isin(np.arange(len(views)), list(view_indices(tta)))
+    used = views[counted]
     with control_col:
         cols = st.columns(2)
         cols[0].metric("P(tumour)", f"{used.mean():.3f}",
-                       help="The mean over the flips and rotations set by TTA views in the sidebar; all 8 "
-                            "views are drawn below.")
-        cols[1].metric("Spread", f"{used.std():.3f}",
-                       help="How much the views disagree (standard deviation of their probabilities).")
-        st.caption(f"P over {tta} view{'s' * (tta > 1)} (TTA views, in the sidebar)")
-        # the views in their own order, the original on top, on a fixed 0-1 axis: a rescaled axis made
-        # 0.004 look like certainty
-        bars = go.Figure(go.Bar(x=views.tolist(), y=VIEW_NAMES, orientation="h", marker_color="#3F6FA0",
-                                hovertemplate="%{y}: P(tumour) %{x:.3f}<extra></extra>"))
-        bars.update_layout(height=250, margin=dict(t=10, b=10, l=10, r=10), xaxis_range=[0, 1],
-                           xaxis_title="P(tumour)", yaxis_autorange="reversed")
-        st.plotly_chart(bars, key=f"{key}_views", config={"displayModeBar": False})
+                       help="The mean over the flips and rotations set by TTA views in the sidebar (the "
+                            "blue bars below).")
+        cols[1].metric("Spread", f"{used.std():.3f}" if tta > 1 else "n/a",
+                       help="How much the counted views disagree (standard deviation of their "
+                            "probabilities); n/a over one view.")
+        st.caption(f"P and spread over the {tta} view{'s' * (tta > 1)} in blue (TTA views, in the sidebar)"
+                   + ("; the grey ones are shown, not counted." if tta < len(views) else "."))
+        st.plotly_chart(views_chart(views, counted), key=f"{key}_views", config={"displayModeBar": False})
         method = st.selectbox("CAM method", list(METHODS), key=f"{key}_method",
                               help="Where the model looks. gradcam: the layer's activations weighted by "
                                    "their gradients (fast). gradcam++: the same, better at several "

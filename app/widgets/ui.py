@@ -8,6 +8,7 @@ its `Context` are in `sidebar.py`; page callbacks live in their page.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -47,7 +48,11 @@ def _review_store(path: str) -> ReviewStore:
 
 
 def review_store() -> ReviewStore:
-    """The verdict store: $PCAM_REVIEW_DB, else models/reviews.sqlite (kept beside the checkpoints)."""
+    """The verdict store: $PCAM_REVIEW_DB, else models/reviews.sqlite (kept beside the checkpoints).
+
+    Raises:
+        ValueError: it cannot be opened (not SQLite, a folder, a full disk); callers say so and go on.
+    """
     return _review_store(review_db())
 
 
@@ -77,7 +82,7 @@ def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[st
     gets one warning and an empty table: the patches still show."""
     try:
         return read(review_store())
-    except (sqlite3.Error, OSError) as e:
+    except (sqlite3.Error, OSError, ValueError) as e:
         st.warning(f"The verdict store {review_db()} cannot be read ({e}); verdicts are not shown and cannot "
                    f"be saved until it can (free disk space, or point PCAM_REVIEW_DB elsewhere).")
         return pd.DataFrame(columns=columns)
@@ -273,6 +278,15 @@ def job_progress(job, describe: Callable[[str, int, int], str], failed: str) -> 
 
 # ---- small shared widgets ------------------------------------------------------------------------
 
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$])")
+
+
+def as_text(value) -> str:
+    """What a user typed (a reviewer's name, a note, a tag), escaped so that Streamlit's markdown shows it
+    as typed: a link, an image, a colour or an icon in it stays text."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", str(value))
+
+
 def header(title: str, help_text: str) -> None:
     st.title(title)
     st.caption(help_text)
@@ -299,10 +313,18 @@ def open_in_inspect(index: int, order: np.ndarray) -> None:
     """Goes to the Inspect page on one patch; previous/next there walk `order` (store indices)."""
     st.session_state["inspect_index"] = int(index)
     st.session_state["inspect_order"] = np.asarray(order, dtype=np.int64)
-    # switch_page replaces the URL's query parameters, and Streamlit refuses to clear the ones bound to
-    # the sidebar's widgets: hand it the one the sidebar sets itself; the bound ones follow their widgets
+    switch_page("views/inspect.py")
+
+
+def switch_page(page: str) -> None:
+    """The one way a page sends the reader to another, keeping the URL's state.
+
+    st.switch_page replaces the URL's query parameters, and Streamlit refuses to clear the ones bound to
+    the sidebar's widgets (the reviewer, the dataset): hand it the one the sidebar sets itself; the bound
+    ones follow their widgets.
+    """
     kept = {"model": st.query_params["model"]} if "model" in st.query_params else {}
-    st.switch_page("views/inspect.py", query_params=kept)
+    st.switch_page(page, query_params=kept)
 
 
 def label_name(label: int) -> str:

@@ -33,7 +33,7 @@ Progress = Callable[[int, int], None]
 FIT_MAX = 20_000  # patches UMAP is fitted on; the rest are placed among their nearest neighbours
 PCA_DIMS = 50
 MAP_ARRAYS = ("index", "xy", "source")  # what a map's cache file holds (and prob, from a model)
-MAP_VERSION = 1  # bump when `map_2d` changes, so cached maps are made again
+MAP_VERSION = 2  # bump when `map_2d` changes, so cached maps are made again
 STATS_VERSION = 1  # bump when `stats_features` changes, so cached maps are recomputed
 STATS_FEATURES = ["mean_r", "mean_g", "mean_b", "std_r", "std_g", "std_b", "brightness", "saturation",
                   "tissue_frac", "centre_r", "centre_g", "centre_b", "centre_std", "edges", "centre_edges"]
@@ -227,6 +227,13 @@ def map_2d(features: np.ndarray, seed: int = 0, fit_max: int = FIT_MAX,
     n = len(features)
     if progress is not None:
         progress(0, n)
+    features = np.asarray(features, np.float32)
+    distinct, inverse = np.unique(features, axis=0, return_inverse=True)
+    if len(distinct) < n:  # identical rows (blank glass, copies): one place each, UMAP sees each once
+        out = map_2d(distinct, seed, fit_max)[inverse.ravel()]
+        if progress is not None:
+            progress(n, n)
+        return out
     if n < 4:  # too few points for a neighbour graph: a line is the honest map
         return np.column_stack([np.arange(n), np.zeros(n)]).astype(np.float32)
     x = StandardScaler().fit_transform(np.asarray(features, np.float32))

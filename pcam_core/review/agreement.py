@@ -3,6 +3,8 @@ well each pair agrees (Cohen's kappa).
 
 Every function takes a verdict history (`ReviewStore.history(dataset)`: one row per verdict given, oldest
 first) and counts each reviewer's latest verdict on a patch only: an earlier one was a changed mind.
+A reviewer is their name without case or extra spaces ("Alice", "alice " are one person, shown as first
+written). Unsure counts for nothing anywhere: not in a label, not as a disagreement, not in kappa.
 """
 
 from __future__ import annotations
@@ -18,12 +20,20 @@ RULE = ("Each reviewer's latest verdict on a patch counts. Unsure counts for not
         "is a conflict, and the patch is left out of training until the reviewers settle it.")
 
 
+def reviewer_key(name: str) -> str:
+    """Who a typed name is: case and runs of spaces do not make another reviewer."""
+    return " ".join(str(name).split()).casefold()
+
+
 def per_reviewer(history: pd.DataFrame) -> pd.DataFrame:
     """The latest verdict of each reviewer on each patch: patch_id, reviewer, verdict, created (and prob,
     the P(tumour) of the model the reviewer saw, where the history has it)."""
     if history.empty:
         return pd.DataFrame(columns=["patch_id", "reviewer", "verdict", "created"])
-    latest = history.sort_values("seq").drop_duplicates(["patch_id", "reviewer"], keep="last")
+    ordered = history.sort_values("seq")
+    keys = ordered["reviewer"].map(reviewer_key)
+    shown = ordered.groupby(keys)["reviewer"].transform("first").map(lambda name: " ".join(name.split()))
+    latest = ordered.assign(reviewer=shown).drop_duplicates(["patch_id", "reviewer"], keep="last")
     columns = ["patch_id", "reviewer", "verdict", "created"] + (["prob"] if "prob" in latest else [])
     return latest[columns].reset_index(drop=True)
 
@@ -49,7 +59,8 @@ def settled_labels(history: pd.DataFrame) -> pd.DataFrame:
 
 
 def kappa_table(history: pd.DataFrame) -> pd.DataFrame:
-    """Cohen's kappa for each pair of reviewers on the patches both answered (tumour, normal or unsure).
+    """Cohen's kappa for each pair of reviewers on the patches both answered tumour or normal (an unsure
+    answer counts for nothing, here as in the label).
 
     Returns:
         reviewer_a, reviewer_b, patches (in common), agree (share of identical answers), kappa (NaN when
@@ -58,6 +69,7 @@ def kappa_table(history: pd.DataFrame) -> pd.DataFrame:
     from sklearn.metrics import cohen_kappa_score
 
     latest = per_reviewer(history)
+    latest = latest[latest["verdict"].isin(["tumour", "normal"])]
     wide = latest.pivot(index="patch_id", columns="reviewer", values="verdict")
     rows = []
     for a, b in combinations(sorted(wide.columns), 2):
@@ -101,20 +113,21 @@ def reviewer_table(history: pd.DataFrame, labels: pd.Series, probs: pd.Series | 
 
 
 def conflicts(history: pd.DataFrame) -> pd.DataFrame:
-    """The patches on which reviewers gave different answers, as a queue: the most even splits first
-    (a tie before a 3-to-1), then the most reviewers, then the latest verdict first.
+    """The patches on which reviewers disagree (someone said tumour and someone normal; unsure counts for
+    nothing), as a queue: the ties first (`settled_labels`' "conflict", left out of training), then the
+    other most even splits (a 2-to-1 before a 3-to-1), then the most reviewers, then the latest verdict.
 
     Returns:
-        id, tumour, normal, unsure, reviewers ("Ann: tumour, Ben: normal"), last (the latest verdict's time).
+        id, tumour, normal, unsure, settled ("conflict" for a tie, "majority"), reviewers ("Ann: tumour,
+        Ben: normal"), last (the latest verdict's time).
     """
     latest = per_reviewer(history)
     if latest.empty:
-        return pd.DataFrame(columns=["id", "tumour", "normal", "unsure", "reviewers", "last"])
+        return pd.DataFrame(columns=["id", "tumour", "normal", "unsure", "settled", "reviewers", "last"])
     settled = settled_labels(history).set_index("id")
     grouped = latest.groupby("patch_id")
-    distinct = grouped["verdict"].nunique()
-    ids = distinct.index[distinct > 1]
-    table = settled.loc[ids, ["tumour", "normal", "unsure"]].copy()
+    ids = settled.index[(settled["tumour"] > 0) & (settled["normal"] > 0)]
+    table = settled.loc[ids, ["tumour", "normal", "unsure", "settled"]].copy()
     table["reviewers"] = [", ".join(f"{r}: {v}" for r, v in zip(g["reviewer"], g["verdict"], strict=True))
                           for g in (grouped.get_group(i).sort_values("reviewer") for i in ids)]
     table["last"] = grouped["created"].max().loc[ids]

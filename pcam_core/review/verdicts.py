@@ -92,11 +92,18 @@ class ReviewStore:
     def __init__(self, path: str | Path, timeout: float = 30.0):
         self.path = Path(path)
         self.timeout = timeout
+        if self.path.is_dir():
+            raise ValueError(f"the verdict store {self.path} is a folder: name a file (an existing store, or "
+                             "a new name to start one)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
-            _migrate(con)
+        try:
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+                _migrate(con)
+        except sqlite3.DatabaseError as e:  # not SQLite, damaged, or not readable: nothing is written
+            raise ValueError(f"{self.path} cannot be opened as a verdict store ({e}): name an SQLite store "
+                             "this app wrote, or a new file name to start one") from e
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -134,9 +141,11 @@ class ReviewStore:
             return int(cur.lastrowid)
 
     def tag(self, dataset: str, patch_ids: Sequence[str], tag: str, reviewer: str) -> int:
-        """Tags patches (a selection drawn on the Map page, say) in one transaction; returns how many.
+        """Tags patches (a selection drawn on the Map page, say) in one transaction; returns how many
+        were newly tagged.
 
-        Tags are kept like verdicts: appended, never changed, so a tag given twice is listed once.
+        Tags are kept like verdicts: appended, never changed. A patch that already has the tag gets no
+        second row, so a form sent twice (Enter, then the button) tags each patch once.
         """
         tag = tag.strip()
         if not tag or len(tag) > 64:
@@ -144,17 +153,21 @@ class ReviewStore:
         if not reviewer or not reviewer.strip():
             raise ValueError("a tag needs a reviewer name: enter yours in the sidebar")
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        rows = [(dataset, str(p), tag, reviewer.strip(), created) for p in patch_ids]
+        rows = [(dataset, str(p), tag, reviewer.strip(), created, dataset, str(p), tag)
+                for p in dict.fromkeys(patch_ids)]
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
+                before = con.total_changes
                 con.executemany("INSERT INTO tags (dataset, patch_id, tag, reviewer, created) "
-                                "VALUES (?, ?, ?, ?, ?)", rows)
+                                "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM tags "
+                                "WHERE dataset = ? AND patch_id = ? AND tag = ?)", rows)
+                added = con.total_changes - before
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return added
 
     def tags(self, dataset: str) -> pd.DataFrame:
         """Each (patch_id, tag) given on a dataset once, with who tagged it first."""

@@ -75,10 +75,14 @@ def overlay_png(slide_map: SlideMap, thumbnail: np.ndarray, down: float, path: P
 
 def geojson(slide_map: SlideMap, threshold: float = THRESHOLD) -> dict:
     """A FeatureCollection QuPath imports: each cell at or over `threshold` as a detection with its
-    P(tumour) as a measurement, and the tumour regions (those cells merged) as annotations."""
+    P(tumour) as a measurement, and the tumour regions (those cells merged) as annotations. Cells on the
+    slide's right and bottom edges are cut at the edge: nothing reaches past the slide."""
     cells = slide_map.cells()
     hot = cells[cells["prob"] >= threshold]
     boxes = shapely.box(hot["x"], hot["y"], hot["x"] + hot["size"], hot["y"] + hot["size"])
+    if "size" in slide_map.meta:
+        width, height = slide_map.meta["size"]
+        boxes = shapely.clip_by_rect(boxes, 0, 0, width, height)
     features = [{"type": "Feature", "geometry": shapely.geometry.mapping(box),
                  "properties": {"objectType": "detection", "name": f"cell r{r} c{c}",
                                 "classification": {"name": "Tumor", "color": [200, 0, 0]},

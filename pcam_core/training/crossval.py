@@ -226,7 +226,14 @@ def label_issues(oof: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("out-of-fold labels must be 0 or 1")
     if len(np.unique(labels)) < 2:
         raise ValueError("label issues need both classes among the out-of-fold labels")
-    p = np.clip(oof["prob"].to_numpy(np.float64), 1e-6, 1 - 1e-6)
+    raw = oof["prob"].to_numpy(np.float64)
+    bad = ~np.isfinite(raw) | (raw < 0) | (raw > 1)
+    if bad.any():  # a fold whose training diverged: ranking the rest would hide every error in that fold
+        folds = sorted(set(oof.loc[bad, "fold"])) if "fold" in oof else []
+        raise ValueError(f"{int(bad.sum()):,} out-of-fold probabilities are not numbers in [0, 1]"
+                         + (f" (fold(s) {', '.join(map(str, folds))})" if folds else "")
+                         + ": that training diverged; run the crossval again with a lower --lr")
+    p = np.clip(raw, 1e-6, 1 - 1e-6)
     probs = np.column_stack([1 - p, p])
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     # n_jobs=1: cleanlab's default forks a worker per core, which is slower at these sizes and unsafe in a
