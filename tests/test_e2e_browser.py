@@ -210,6 +210,15 @@ def test_two_reviewers_disagree_and_the_patch_joins_the_conflict_queue(server, d
     print(f"screenshots in {shots}")
 
 
+# where the first point of the map's first trace is drawn on the page, from plotly's own axes
+FIRST_POINT = """() => {
+    const gd = document.querySelector('.js-plotly-plot');
+    const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, trace = gd._fullData[0];
+    const box = gd.getBoundingClientRect();
+    return [box.left + xa._offset + xa.l2p(trace.x[0]), box.top + ya._offset + ya.l2p(trace.y[0])];
+}"""
+
+
 def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
     # a named reviewer, as every real one is: the switch to Browse must keep the URL's bound parameters
     with sync_playwright() as p:
@@ -219,6 +228,12 @@ def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
         plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area (made in the background)
         plot.wait_for(timeout=240_000)
         settle(page)
+        # a single click on a point in the chart's default mode opens that patch and its neighbours
+        x, y = page.evaluate(FIRST_POINT)
+        page.mouse.click(x, y)
+        page.get_by_text("Most similar patches").first.wait_for(timeout=60_000)
+        settle(page)
+        page.screenshot(path=tmp_path / "map-click.png")
         page.locator(".modebar-btn[data-title='Box Select']").first.click()
         box = plot.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.2, box["y"] + box["height"] * 0.2)

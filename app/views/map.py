@@ -114,11 +114,14 @@ else:
                                marker={"color": values, "colorscale": "Viridis", "size": 4, "opacity": 0.8,
                                        "colorbar": {"title": colour}}))
 fig.update_traces(hovertemplate="patch %{customdata}<extra></extra>")
-fig.update_layout(height=640, margin={"l": 0, "r": 0, "t": 30, "b": 0}, dragmode="lasso",
-                  xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+# pan by default, where a click selects the point under it: Streamlit's chart turns click selection off
+# while box or lasso is the drag mode (it sets plotly's clickmode to "event" there)
+fig.update_layout(height=640, margin={"l": 0, "r": 0, "t": 30, "b": 0}, dragmode="pan",
+                  clickmode="event+select", xaxis={"visible": False},
+                  yaxis={"visible": False, "scaleanchor": "x"},
                   legend={"orientation": "h", "y": 1.02, "itemsizing": "constant"})
 st.caption(f"{len(table):,} {split} patches, mapped from {source_text} (UMAP, seed 0). "
-           "Box or lasso select in the chart's toolbar; click one point to look at it.")
+           "Click a point to look at it; Box or Lasso select in the chart's toolbar picks a region.")
 left, right = st.columns([3, 2])
 with left:
     event = st.plotly_chart(fig, key="map_chart", on_select="rerun",
