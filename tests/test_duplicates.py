@@ -76,6 +76,37 @@ def test_identical_copies_form_one_group_and_leaks_name_the_held_out_side():
     assert len(leaked) == 2
 
 
+class ArrayStore:
+    """Just what find_duplicates reads of a PatchStore, over patches in memory."""
+
+    def __init__(self, patches: np.ndarray, blank: np.ndarray):
+        self.patches = patches
+        self.ids = np.array([f"p{i}" for i in range(len(patches))])
+        self.splits = np.array(["train"] * len(patches))
+        self.stats = pd.DataFrame({"blank": blank})
+
+    def __len__(self):
+        return len(self.patches)
+
+    def batch(self, indices):
+        return self.patches[np.asarray(indices)]
+
+
+def test_blank_copies_are_exact_pairs_and_exact_copies_are_not_near_pairs_again():
+    rng = np.random.default_rng(3)
+    pale = np.clip(rng.normal(240, 3, (96, 96, 3)), 0, 255).astype(np.uint8)  # near-blank glass (mean ~240)
+    tissue = rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)
+    others = rng.integers(0, 255, (5, 96, 96, 3), dtype=np.uint8)
+    patches = np.concatenate([pale[None], dihedral(pale, 5)[None], np.repeat(tissue[None], 40, 0), others])
+    blank = np.zeros(len(patches), bool)
+    blank[0] = True  # the blank rule called the flipped copy tissue: it must not matter for an exact copy
+    table = duplicates.find_duplicates(ArrayStore(patches, blank))
+    exact = table[table["kind"] == "exact"]
+    assert ("p0", "p1", 5) in set(zip(exact["a_id"], exact["b_id"], exact["transform"], strict=True))
+    assert len(exact) == 1 + 39  # the pale pair; the 40 copies as the first with each other
+    assert (table["kind"] == "near").sum() == 0  # no copy reported again as near
+
+
 @pytest.mark.slow
 def test_the_duplicates_command_writes_pairs_and_counts(planted, tmp_path):
     root, _ = planted

@@ -65,7 +65,8 @@ if pairs is None:
             pairs = job.result
 if pairs is not None and pairs.empty:
     st.success(f"No two tissue patches are the same: no exact copies, also flipped or turned, and no near "
-               f"copies (pixels agreeing to {NEAR_PSNR} dB). Blank glass is left out of both searches.")
+               f"copies (pixels agreeing to {NEAR_PSNR} dB). Blank glass is in the exact search only: "
+               "any two blank tiles look alike.")
 elif pairs is not None:
     from pcam_core.inference import duplicates
 

@@ -8,8 +8,9 @@
   its embedding's cosine; a candidate counts when its pixels agree to at least `NEAR_PSNR` dB under the
   best transform.
 
-Blank patches (glass, fat: the store's `blank` flag) are left out of both: any two look alike to within
-noise, thousands of them may be identical white, and that is not the same tissue twice.
+Blank patches (glass, fat: the store's `blank` flag) are in the exact search, where a hash has no false
+positives, and left out of the near search: any two look alike to within noise. A set of exact copies
+enters the near search once (its first member), so its copies are not reported again as near pairs.
 
 Both are reported as pairs with the splits they join, grouped into connected sets.
 """
@@ -34,7 +35,7 @@ CANDIDATES = 3  # nearest neighbours checked per patch and transform
 SEARCH_DIMS = 16
 CHUNK = 4096
 PAIR_COLUMNS = ["a", "b", "a_id", "b_id", "a_split", "b_split", "kind", "transform", "psnr", "group"]
-VERSION = 2  # bump when what counts as a pair changes, so cached tables are made again
+VERSION = 3  # bump when what counts as a pair changes, so cached tables are made again
 
 
 def _invariants(x: np.ndarray) -> np.ndarray:
@@ -166,15 +167,18 @@ def _groups(n: int, pairs: pd.DataFrame) -> np.ndarray:
 
 def find_duplicates(store, checkpoint: str | Path | None = None, min_psnr: float = NEAR_PSNR,
                     progress: Progress | None = None) -> pd.DataFrame:
-    """Exact and near-duplicate pairs among the store's tissue patches (all splits together).
+    """Exact pairs among all the store's patches and near pairs among its tissue (all splits together).
 
     Returns:
         DataFrame with PAIR_COLUMNS: store indices a < b, their ids and splits, kind "exact" or "near",
         transform (the dihedral k taking a's pixels to b's), psnr (inf for exact), group (a connected set).
     """
-    tissue = np.flatnonzero(~store.stats["blank"].to_numpy())
-    invariants, thumbnails = _scan(store, tissue, progress)
-    exact = [(tissue[i], tissue[j], k) for i, j, k in exact_pairs(store, tissue, invariants)]
+    everything = np.arange(len(store))
+    invariants, thumbnails = _scan(store, everything, progress)
+    exact = exact_pairs(store, everything, invariants)
+    copy = np.zeros(len(store), bool)  # a later member of a set of exact copies
+    copy[[j for _, j, _ in exact]] = True
+    searched = np.flatnonzero(~store.stats["blank"].to_numpy() & ~copy)
     features = None
     if checkpoint is not None:
         from pcam_core.inference.embed import embeddings
@@ -183,11 +187,11 @@ def find_duplicates(store, checkpoint: str | Path | None = None, min_psnr: float
         features = np.zeros((len(store), parts[0].features.shape[1]), np.float32)
         for part in parts:
             features[part.index] = part.features
-        features = features[tissue]
+        features = features[searched]
     known = {(i, j) for i, j, _ in exact}
-    near = [(tissue[i], tissue[j], k, score)
-            for i, j, k, score in near_pairs(store, tissue, thumbnails, features, min_psnr)
-            if (tissue[i], tissue[j]) not in known]
+    near = [(searched[i], searched[j], k, score)
+            for i, j, k, score in near_pairs(store, searched, thumbnails[searched], features, min_psnr)
+            if (searched[i], searched[j]) not in known]
     rows = ([(i, j, "exact", k, float("inf")) for i, j, k in exact]
             + [(i, j, "near", k, score) for i, j, k, score in near])
     table = pd.DataFrame(rows, columns=["a", "b", "kind", "transform", "psnr"])
