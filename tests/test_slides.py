@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -286,3 +287,20 @@ def test_a_plain_image_is_a_slide_with_the_scale_given(tmp_path, trained_runs):
     slide_map = map_slide([trained_runs / "tiny"], tmp_path / "region.png", stride=96, mpp=PCAM_MPP,
                           out=tmp_path / "maps", device="cpu")
     assert slide_map.complete and slide_map.prob.shape == (6, 8)
+
+
+def test_a_slide_replaced_by_another_of_the_same_size_and_time_gets_its_own_map(tmp_path):
+    from pcam_core.models.registry import Classifier
+    from pcam_core.slides.cache import MapSettings, map_dir
+
+    path, other = tmp_path / "slide.tif", tmp_path / "other.tif"
+    write_slide(path, make_slide_image(512, 384, seed=1)[0], compression=None)
+    write_slide(other, make_slide_image(512, 384, seed=2)[0], compression=None)
+    assert path.stat().st_size == other.stat().st_size  # uncompressed: the same size, other pixels
+    ckpt = Classifier.new("base_cnn").save(tmp_path / "c.pt")
+    before = path.stat()
+    first = map_dir(path, [ckpt], MapSettings())
+    shutil.copyfile(other, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert map_dir(path, [ckpt], MapSettings()) != first

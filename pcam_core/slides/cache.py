@@ -41,12 +41,27 @@ def slides_root(slide_path: str | Path) -> Path:
     return cache_dir_for(Path(slide_path).resolve().parent) / "slides"
 
 
+STAMP_BYTES = 1 << 16
+
+
+def content_stamp(path: Path) -> str:
+    """A hash of the file's first and last 64 KiB: a slide's header (its size, tiles' offsets, scanner
+    text) and tail. Another slide copied over this one with the same size and time still differs here."""
+    with open(path, "rb") as f:
+        head = f.read(STAMP_BYTES)
+        f.seek(max(0, f.seek(0, 2) - STAMP_BYTES))
+        tail = f.read(STAMP_BYTES)
+    return hashlib.blake2b(head + tail, digest_size=16).hexdigest()
+
+
 def map_dir(slide_path: str | Path, checkpoints: list, settings: MapSettings, root: str | Path | None = None
             ) -> Path:
-    """The folder of the map of `slide_path` by `checkpoints` with `settings`."""
+    """The folder of the map of `slide_path` by `checkpoints` with `settings` (the slide known by its
+    content too, not only its size and modification time)."""
     slide_path = Path(slide_path).resolve()
     stamp = [[str(p.resolve()), p.stat().st_mtime_ns, p.stat().st_size]
              for p in [slide_path, *(checkpoint_file(c) for c in checkpoints)]]
+    stamp.append(content_stamp(slide_path))
     key = hashlib.sha1(json.dumps([stamp, settings.__dict__], sort_keys=True).encode()).hexdigest()[:16]
     return Path(root or slides_root(slide_path)) / f"{slide_path.stem}-{key}"
 
