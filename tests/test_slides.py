@@ -304,3 +304,59 @@ def test_a_slide_replaced_by_another_of_the_same_size_and_time_gets_its_own_map(
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert map_dir(path, [ckpt], MapSettings()) != first
+
+
+def declared_slide(path: Path, side: int) -> Path:
+    """A pyramid-less tiled TIFF that declares side x side px of pale glass in a few MB (one compressed
+    tile written again and again), as a hostile or broken file might."""
+    import zlib
+
+    tile = zlib.compress(np.full((512, 512, 3), 240, np.uint8).tobytes(), 9)
+    tiles = (-(-side // 512)) ** 2
+    tifffile.imwrite(path, data=(tile for _ in range(tiles)), shape=(side, side, 3), dtype="uint8",
+                     tile=(512, 512), photometric="rgb", compression="zlib", resolution=(2e4, 2e4),
+                     resolutionunit="CENTIMETER")
+    return path
+
+
+THUMBNAIL_MEMORY = """
+import resource, sys
+from pcam_core.slides.reader import open_slide
+slide = open_slide(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    image, down = slide.thumbnail(2048)
+    print("read", image.shape[1], image.shape[0], int(image.mean()))
+except ValueError as e:
+    print("refused", e)
+print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_a_slide_that_declares_a_huge_size_is_read_in_bounded_memory_or_refused(tmp_path):
+    big = declared_slide(tmp_path / "big.tif", 12_000)  # 144 Mpx: a whole read would take over 0.5 GB
+    done = subprocess.run([sys.executable, "-c", THUMBNAIL_MEMORY, str(big)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert lines["read"] == "2048 2048 240", done.stdout + done.stderr[-2000:]
+    assert int(lines["grew_mb"]) < 320, lines  # a few 4096-px regions at a time, not the whole level
+    huge = declared_slide(tmp_path / "huge.tif", 40_000)  # 1.6 gigapixels and no pyramid, in 5 MB
+    done = subprocess.run([sys.executable, "-c", THUMBNAIL_MEMORY, str(huge)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    assert "no pyramid level smaller" in lines["refused"] and int(lines["grew_mb"]) < 50, done.stdout
+
+
+@pytest.mark.slow
+def test_a_huge_slide_in_a_folder_does_not_stop_the_slides_after_it(tmp_path, trained_runs):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    declared_slide(folder / "a-huge.tif", 40_000)
+    make_demo_slide(folder / "b-demo.tif", 384, 384, seed=2)
+    done = subprocess.run([sys.executable, "-m", "pcam_core", "slide", "--checkpoint",
+                           str(trained_runs / "tiny"), "--slide", str(folder), "--stride", "96", "--out",
+                           str(tmp_path / "maps"), "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "error: a-huge.tif:" in done.stdout and "no pyramid level smaller" in done.stdout
+    assert "b-demo.tif: finished" in done.stdout, done.stdout

@@ -34,6 +34,8 @@ MIN_TISSUE = 0.25  # share of a cell that must be tissue for it to be scored
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg")
 STRIDES = (32, 48, 96)  # cell sides in model pixels a map offers
 BLOCK_PX = 512  # model pixels of cells per block side: one read of about 600 x 600 px
+THUMBNAIL_READ = 4096  # a thumbnail is made from regions of at most this side: 64 MiB of RGBA at a time
+MAX_THUMBNAIL_SOURCE = 10**9  # pixels of the slide's level read for a thumbnail (a pyramid needs a few M)
 
 
 @dataclass(frozen=True)
@@ -142,17 +144,49 @@ class Slide:
         return np.asarray(rgb.resize((width, height), resample, box=box))
 
     def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        """(H, W, 3) uint8 thumbnail no larger than `max_side`, and its level-0 pixels per pixel."""
+        """(H, W, 3) uint8 thumbnail no larger than `max_side`, and its level-0 pixels per pixel.
+
+        Read region by region from the pyramid level closest to the thumbnail's scale, so memory stays
+        within one region however large the slide says it is; a slide whose smallest level is over
+        MAX_THUMBNAIL_SOURCE pixels (no pyramid) is refused with a ValueError.
+        """
         if max_side in self.thumbnails:
             return self.thumbnails[max_side]
         w, h = self.size
+        down = max(w / max_side, h / max_side, 1.0)
+        level = self.handle.get_best_level_for_downsample(down)
+        lw, lh = self.handle.level_dimensions[level]
+        if lw * lh > MAX_THUMBNAIL_SOURCE:
+            raise ValueError(f"{self.path.name} declares {w:,} x {h:,} px with no pyramid level smaller "
+                             f"than {lw:,} x {lh:,} px: even its overview would read {lw * lh / 1e9:.1f} "
+                             "gigapixels. Save it as a pyramidal tiled TIFF (e.g. vips tiffsave --tile "
+                             "--pyramid) and open that")
+        scale = self.handle.level_downsamples[level] / down  # thumbnail pixels per level pixel
+        canvas = Image.new("RGB", (max(1, round(w / down)), max(1, round(h / down))), "white")
         try:
-            image = self.handle.get_thumbnail((max_side, max_side)).convert("RGB")
+            for y in range(0, lh, THUMBNAIL_READ):
+                for x in range(0, lw, THUMBNAIL_READ):
+                    self._paste_region(canvas, level, x, y, scale)
         except openslide.OpenSlideError as e:
             raise OSError(f"{self.path.name}: cannot read its thumbnail ({e}); the file may be damaged "
                           "or truncated") from e
-        self.thumbnails[max_side] = np.asarray(image), max(w / image.width, h / image.height)
+        self.thumbnails[max_side] = np.asarray(canvas), max(w / canvas.width, h / canvas.height)
         return self.thumbnails[max_side]
+
+    def _paste_region(self, canvas: Image.Image, level: int, x: int, y: int, scale: float) -> None:
+        """One region of `level` (at level pixels x, y), shrunk into its place on the thumbnail."""
+        lw, lh = self.handle.level_dimensions[level]
+        rw, rh = min(THUMBNAIL_READ, lw - x), min(THUMBNAIL_READ, lh - y)
+        left, top = math.floor(x * scale), math.floor(y * scale)
+        right = min(canvas.width, math.floor((x + rw) * scale))
+        bottom = min(canvas.height, math.floor((y + rh) * scale))
+        if right <= left or bottom <= top:
+            return
+        origin = self.handle.level_downsamples[level]
+        region = self.handle.read_region((round(x * origin), round(y * origin)), level, (rw, rh))
+        white = Image.new("RGBA", region.size, (255, 255, 255, 255))  # no data (transparent) shows as glass
+        rgb = Image.alpha_composite(white, region).convert("RGB")
+        canvas.paste(rgb.resize((right - left, bottom - top), Image.Resampling.BOX), (left, top))
 
     def close(self) -> None:
         self.handle.close()
