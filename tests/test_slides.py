@@ -356,8 +356,8 @@ def test_a_huge_slide_in_a_folder_does_not_stop_the_slides_after_it(tmp_path, tr
     make_demo_slide(folder / "b-demo.tif", 384, 384, seed=2)
     done = subprocess.run([sys.executable, "-m", "pcam_core", "slide", "--checkpoint",
                            str(trained_runs / "tiny"), "--slide", str(folder), "--stride", "96", "--out",
-                           str(tmp_path / "maps"), "--device", "cpu"], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+                           str(tmp_path / "maps"), "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "error: a-huge.tif:" in done.stdout and "no pyramid level smaller" in done.stdout
     assert "b-demo.tif: finished" in done.stdout, done.stdout
