@@ -6,6 +6,7 @@ PATCH = 96  # side of a patch in px
 CENTRE = slice(32, 64)  # rows and columns of the centre 32 x 32 that the label describes
 PATCH_BYTES = PATCH * PATCH * 3  # one uint8 RGB patch
 SPLITS = ("train", "valid", "test")  # in store order
+PCAM_MPP = 0.972  # um per pixel of PCam patches: Camelyon16 level 2, 0.243 um/px * 4
 
 
 def as_patches(images) -> np.ndarray:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from pcam_core.cli import embed as cli_embed
+from pcam_core.cli import export as cli_export
 from pcam_core.cli import labels as cli_labels
 from pcam_core.cli import predict as cli_predict
 from pcam_core.cli import slide as cli_slide
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_slide.add_parsers(sub)
     cli_labels.add_parsers(sub)
     cli_embed.add_parsers(sub)
+    cli_export.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

@@ -20,11 +20,10 @@ import numpy as np
 import openslide
 from PIL import Image
 
-from pcam_core.geometry import PATCH
+from pcam_core.geometry import PATCH, PCAM_MPP
 
 log = logging.getLogger(__name__)
 
-PCAM_MPP = 0.972  # PCam patches: Camelyon16 level 2, 0.243 um/px * 4
 MAX_UPSAMPLE = 2.0  # a slide more than 2x coarser than the model would be shown blurred, invented detail
 # PCam dropped patches whose maximum saturation was under 0.07; per thumbnail pixel the same threshold
 # keeps the tissue of both real test slides and drops their glass (BENCHMARKS.md "Slides").
