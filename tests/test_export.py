@@ -19,6 +19,7 @@ from pcam_core.inference.infer import predict_images
 from pcam_core.models.registry import Classifier, load
 
 pytest_plugins = ["apptest"]  # trained_runs
+pytestmark = pytest.mark.slow  # each exports and runs a model in a fresh interpreter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from pcam_core.cli import annotations as cli_annotations
 from pcam_core.cli import embed as cli_embed
 from pcam_core.cli import export as cli_export
 from pcam_core.cli import labels as cli_labels
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_labels.add_parsers(sub)
     cli_embed.add_parsers(sub)
     cli_export.add_parsers(sub)
+    cli_annotations.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

@@ -165,6 +165,24 @@ def auc_ci(labels, probs, n_boot: int = 1000, level: float = 0.95, seed: int = 0
     return float(low), float(high)
 
 
+def pr_auc_ci(labels, probs, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval for PR AUC (average precision; resamples lacking a class
+    are dropped)."""
+    y, p = _check(labels, probs)
+    _need_both_classes(y)
+    if not 0 < level < 1:
+        raise ValueError(f"level must be within (0, 1), got {level}")
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(y), len(y))
+        if 0 < y[pick].sum() < len(pick):
+            scores.append(average_precision_score(y[pick], p[pick]))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(scores, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def compare_aucs(labels, probs_a, probs_b, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
     """Two models on the same patches: each ROC AUC with its bootstrap interval, and the interval of their
     difference (b - a) from the same resamples (paired: both models see each resample), so a difference

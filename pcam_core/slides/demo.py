@@ -9,13 +9,17 @@ scale in its resolution tags (OpenSlide reports it as microns per pixel) and hal
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
+import shapely
+import shapely.geometry
 import tifffile
 
+from pcam_core.atomic import write_text
 from pcam_core.data.demo import EOSIN, HEMATOXYLIN, draw_nuclei, scatter, smooth_noise
 from pcam_core.slides.reader import PCAM_MPP
 
@@ -100,6 +104,8 @@ def make_demo_slide(path: str | Path, width: int = 3072, height: int = 2048, see
     path.parent.mkdir(parents=True, exist_ok=True)
     write_slide(path, image, mpp)
     np.savez_compressed(mask_path(path), mask=mask, mpp=PCAM_MPP)
+    write_outline(outline_path(path), mask_outline(mask.repeat(int(factor), 0).repeat(int(factor), 1)
+                                                   if factor != 1 else mask))
     log.info("demo slide %s: %d x %d px, %.1f%% tumour pixels", path, width, height, 100 * mask.mean())
     return {"path": str(path), "width": image.shape[1], "height": image.shape[0],
             "tumour_share": float(mask.mean())}
@@ -108,6 +114,27 @@ def make_demo_slide(path: str | Path, width: int = 3072, height: int = 2048, see
 def mask_path(slide_path: str | Path) -> Path:
     slide_path = Path(slide_path)
     return slide_path.with_name(f"{slide_path.stem}_mask.npz")
+
+
+def outline_path(slide_path: str | Path) -> Path:
+    """The tumour's outline as QuPath GeoJSON, named after the slide (`slide-eval` finds it so)."""
+    slide_path = Path(slide_path)
+    return slide_path.with_name(f"{slide_path.stem}.geojson")
+
+
+def mask_outline(mask: np.ndarray) -> shapely.Geometry:
+    """The tumour pixels of an (H, W) mask as polygons in pixel coordinates: each row's runs, merged."""
+    padded = np.pad(mask.astype(np.int8), ((0, 0), (1, 1)))
+    rows, cols = np.nonzero(np.diff(padded, axis=1))  # run starts and ends, alternating along each row
+    return shapely.union_all(shapely.box(cols[::2], rows[::2], cols[1::2], rows[::2] + 1))
+
+
+def write_outline(path: Path, outline: shapely.Geometry) -> None:
+    """`outline` as a QuPath GeoJSON FeatureCollection of Tumor annotations."""
+    features = [{"type": "Feature", "geometry": shapely.geometry.mapping(region),
+                 "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}}
+                for region in getattr(outline, "geoms", [outline]) if not region.is_empty]
+    write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
 
 
 def make_tissue_slide(path: str | Path, width: int, height: int, seed: int = 0) -> dict:
