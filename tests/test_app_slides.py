@@ -1,5 +1,6 @@
 """The Slides page: choose a slide, score it, open a hot spot, give a verdict, export the reviewed cells."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,15 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     assert "cells scored" in text and "at P >= 0.50" in text.replace("≥", ">=")
     chart = at.get("plotly_chart")[0]
     assert chart.proto.spec  # the map figure
+    # the demo slide's outline (demo.geojson beside it) is drawn on the map and the map scored against it
+    names = [trace.get("name") for trace in json.loads(chart.proto.spec)["data"]]
+    assert "tumour outline" in names
+    assert any(e.label == "Outlines and scores (demo.geojson)" for e in at.expander)
+    table = next(f.value for f in at.dataframe if list(f.value.columns) == ["measure", "value"])
+    scores = table.set_index("measure")["value"]
+    assert float(scores["cell ROC AUC (95% interval)"].split()[0]) > 0.8  # the tiny model finds the tumour
+    found, of = scores["lesions found"].split(" of ")
+    assert int(of) >= 1 and 0 <= int(found) <= int(of)
     at.button(key="slides_top_0").click().run()  # the hottest cell, as the map's click would choose it
     assert not at.exception, at.exception
     assert "Cell r" in page_text(at)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app.widgets import images, patch_panel, sidebar, slides, ui
+from app.widgets import annotations, images, patch_panel, sidebar, slides, ui
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
 from pcam_core.slides.cache import job_state
@@ -154,8 +154,10 @@ view[2].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at 
 chosen = st.session_state.get("slides_cell")
 selected = chosen[:2] if chosen and chosen[2:] == (path, stride) else None
 uri, down, thumb_size = slides.thumbnail_uri(path, mtime, mpp)
-event = st.plotly_chart(slides.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected),
-                        key="slides_map", on_select="rerun", selection_mode="points",
+outlines = annotations.current(path, slide.size)
+figure = slides.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected,
+                           annotations.outline_traces(outlines) if outlines else None)
+event = st.plotly_chart(figure, key="slides_map", on_select="rerun", selection_mode="points",
                         config={"scrollZoom": True, "displaylogo": False})
 clicked = slides.clicked_cell(event, slide_map)
 if clicked is not None and clicked != st.session_state.get("slides_last_click"):
@@ -163,6 +165,17 @@ if clicked is not None and clicked != st.session_state.get("slides_last_click"):
     pick_cell(*clicked)
     selected = clicked
 st.caption("Scroll or drag to zoom, double-click to reset; click a cell to open its patch below.")
+
+with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlines else ""),
+                 expanded=outlines is not None and selected is None):
+    if outlines is not None:
+        st.caption(annotations.outline_summary(outlines))
+        annotations.scores(slide_map, outlines)
+    else:
+        st.caption("No outlines for this slide: upload a pathologist's QuPath GeoJSON or ASAP XML, or put "
+                   f"one named {Path(path).stem}.geojson (or .xml) beside the slide, to score the map "
+                   "against it.")
+    annotations.upload(path)
 
 with st.expander("Top-scoring cells", expanded=selected is None):
     prob = np.nan_to_num(slide_map.prob, nan=-1.0)

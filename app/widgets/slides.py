@@ -93,9 +93,9 @@ def read_map(folder: Path) -> SlideMap | None:
 
 
 def map_figure(slide_map: SlideMap, uri: str, down: float, thumb_size: tuple[int, int], opacity: float,
-               threshold: float, selected: tuple[int, int] | None) -> go.Figure:
-    """The thumbnail with the map over it (level-0 pixel axes), the threshold's contour, and a clickable
-    marker on every scored cell."""
+               threshold: float, selected: tuple[int, int] | None, outlines: list | None = None) -> go.Figure:
+    """The thumbnail with the map over it (level-0 pixel axes), the threshold's contour, a clickable
+    marker on every scored cell, and a pathologist's `outlines` (traces drawn after the cells')."""
     size = slide_map.grid.cell_size  # level-0 pixels per cell
     rows, cols = slide_map.prob.shape
     centres_x, centres_y = (np.arange(cols) + 0.5) * size, (np.arange(rows) + 0.5) * size
@@ -116,6 +116,8 @@ def map_figure(slide_map: SlideMap, uri: str, down: float, thumb_size: tuple[int
                                marker=dict(size=marker, symbol="square", opacity=0.01, color="white"),
                                hovertemplate="cell r%{customdata[0]} c%{customdata[1]}<br>"
                                              "P(tumour) %{customdata[2]:.3f}<extra></extra>"))
+    for trace in outlines or []:
+        fig.add_trace(trace)
     if selected is not None:
         fig.add_shape(type="rect", x0=selected[1] * size, x1=(selected[1] + 1) * size, y0=selected[0] * size,
                       y1=(selected[0] + 1) * size, line=dict(color="#FFDC00", width=3))

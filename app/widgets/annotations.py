@@ -1,0 +1,127 @@
+"""The Slides page's annotations: a pathologist's outlines found beside the slide (tumor_001.xml for
+tumor_001.tif) or uploaded and kept with the slide's maps, drawn on the map, and the map scored against
+them as Camelyon16 scored maps."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import shapely
+import streamlit as st
+
+from pcam_core.slides.annotations import ANNOTATION_SUFFIXES, Annotations, annotation_for, read_annotations
+from pcam_core.slides.cache import SlideMap, slides_root
+from pcam_core.slides.evaluate import FROC_RATES, cell_metrics, froc, score_map
+
+
+def kept_folder(slide_path: str) -> Path:
+    """Where outlines uploaded for a slide are kept: beside its maps, in the slide folder's cache."""
+    return slides_root(slide_path) / "annotations"
+
+
+def find(slide_path: str) -> Path | None:
+    """The slide's outlines: an upload kept for it, else a file named after it beside it."""
+    slide = Path(slide_path)
+    return annotation_for(slide, kept_folder(slide_path)) or annotation_for(slide, slide.parent)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load(path: str, mtime: float) -> Annotations:
+    return read_annotations(path)
+
+
+def current(slide_path: str, size: tuple[int, int]) -> Annotations | None:
+    """The slide's outlines, read and checked against its size; errors end up on the page, not in a trace."""
+    path = find(slide_path)
+    if path is None:
+        return None
+    try:
+        outlines = load(str(path), path.stat().st_mtime)
+        outlines.check_fits(size, Path(slide_path).name)
+    except (ValueError, OSError) as e:
+        st.error(f"The outlines in {path.name} cannot be used: {e}")
+        return None
+    return outlines
+
+
+def outline_traces(outlines: Annotations) -> list[go.Scatter]:
+    """The tumour outlines (green) and exclusions (grey, dashed) as lines in level-0 pixels."""
+    traces = []
+    for geometry, colour, dash, name in ((outlines.tumour, "#2ECC40", "solid", "tumour outline"),
+                                         (outlines.exclusion, "#AAAAAA", "dash", "exclusion")):
+        xs, ys = [], []
+        for polygon in getattr(geometry, "geoms", [geometry]):
+            if polygon.is_empty or polygon.geom_type != "Polygon":
+                continue
+            for ring in [polygon.exterior, *polygon.interiors]:
+                x, y = ring.xy
+                xs += [*x, None]
+                ys += [*y, None]
+        if xs:
+            traces.append(go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
+                                     line=dict(color=colour, width=2, dash=dash)))
+    return traces
+
+
+def upload(slide_path: str) -> None:
+    """An uploader for the slide's outlines; a file that reads is kept (replacing an earlier upload)."""
+    file = st.file_uploader("Outlines for this slide (QuPath GeoJSON or ASAP XML)", key="slides_outlines",
+                            type=[s.lstrip(".") for s in ANNOTATION_SUFFIXES])
+    if file is None or st.session_state.get("slides_outlines_kept") == file.file_id:
+        return
+    folder = kept_folder(slide_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(file.name).suffix.lower()
+    target = folder / f"{Path(slide_path).stem}{suffix}"
+    staged = folder / f".upload{suffix}"
+    staged.write_bytes(file.getvalue())
+    try:
+        read_annotations(staged)
+    except ValueError as e:
+        staged.unlink(missing_ok=True)
+        st.error(str(e).replace(".upload", Path(file.name).stem))
+        return
+    for old in folder.glob(f"{Path(slide_path).stem}.*"):
+        old.unlink()
+    staged.replace(target)
+    st.session_state["slides_outlines_kept"] = file.file_id
+    st.rerun()
+
+
+def scores(slide_map: SlideMap, outlines: Annotations | None) -> None:
+    """The map against the outlines: cells, the slide's score, and the lesions found (this slide's FROC)."""
+    if not slide_map.complete:
+        st.caption("Scores appear when the map is finished.")
+        return
+    cells, row, lesions = score_map(slide_map, outlines)
+    metrics = cell_metrics(cells["label"].to_numpy(), cells["prob"].to_numpy())
+    found = froc([lesions])
+    rows = [("cells scored (tumour by the outlines)", f"{row['cells']:,} ({row['tumour_cells']:,})"),
+            ("cell ROC AUC (95% interval)", _with_ci(metrics["roc_auc"], metrics["roc_auc_ci"])),
+            ("cell PR AUC (95% interval)", _with_ci(metrics["pr_auc"], metrics["pr_auc_ci"])),
+            ("slide score (highest cell P)", f"{row['score']:.3f}"),
+            ("lesions found", f"{row['lesions_found']} of {row['lesions']}"),
+            ("false-positive detections", f"{row['false_positives']:,}"),
+            ("FROC on this slide (1/4 to 8 FP)",
+             "n/a" if np.isnan(found["score"]) else f"{found['score']:.3f}")]
+    table = pd.DataFrame(rows, columns=["measure", "value"])
+    st.dataframe(table, hide_index=True, key="slides_scores")
+    rates = ", ".join(f"{r:g}" for r in FROC_RATES)
+    st.caption("A cell is tumour when its centre 32x32 overlaps the tumour outline (PCam's rule); a lesion "
+               "is found when a local maximum of the map lies within 75 um of it (Camelyon16). Over a "
+               f"folder of slides: `python -m pcam_core slide-eval` (FROC at {rates} false positives per "
+               "slide).")
+
+
+def _with_ci(value: float, ci: list) -> str:
+    return "n/a (one class only)" if np.isnan(value) else f"{value:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"
+
+
+def outline_summary(outlines: Annotations) -> str:
+    parts = [f"Outlines from {outlines.source.name}: {shapely.area(outlines.tumour):,.0f} px² of tumour"]
+    if outlines.repaired:
+        parts.append(f"{outlines.repaired} self-crossing polygon(s) repaired")
+    if outlines.skipped:
+        parts.append(f"{outlines.skipped} outline(s) of other classes skipped")
+    return "; ".join(parts) + "."
