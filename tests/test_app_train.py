@@ -136,3 +136,22 @@ def test_a_crossval_from_the_page_runs_and_feeds_browse(open_app, page_text, tmp
     at.switch_page("views/browse.py").run()
     at.toggle(key="browse_mislabelled").set_value(True).run()
     assert not at.exception and "train patches match" in page_text(at)
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_exported_for_qupath_from_its_view(open_app, trained_runs, tmp_path, monkeypatch,
+                                                              downloads):
+    import io
+    import shutil
+    import zipfile
+
+    shutil.copytree(trained_runs / "tiny", tmp_path / "runs" / "tiny")  # the shared run stays as it is
+    at = open_app("train")
+    at.button(key="train_export_wsinfer").click().run()
+    assert not at.exception, at.exception
+    button = next(b for b in at.get("download_button") if "WSInfer" in b.proto.label)
+    with zipfile.ZipFile(io.BytesIO(downloads(button))) as archive:
+        names = sorted(archive.namelist())
+        config = json.loads(archive.read("tiny/config.json"))
+    assert names == ["tiny/README.md", "tiny/config.json", "tiny/torchscript_model.pt"]
+    assert config["class_names"] == ["Other", "Tumor"] and config["architecture"] == "base_cnn"

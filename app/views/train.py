@@ -7,8 +7,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.widgets import sidebar, ui
+from app.widgets import downloads, sidebar, ui
 from pcam_core import runs
+from pcam_core.inference.infer import held_out_auc
+from pcam_core.models.export import export_wsinfer
 from pcam_core.models.registry import list_models
 from pcam_core.review import agreement
 from pcam_core.runs import jobs
@@ -220,6 +222,32 @@ live(run)
 with st.expander("Configuration of this run"):
     config_path = run / "config.json"
     st.json(json.loads(config_path.read_text()) if config_path.is_file() else {}, expanded=False)
+
+
+def export_for_qupath(run: Path) -> None:
+    """The run as a WSInfer model folder inside it (run/wsinfer), offered as a zip to download."""
+    folder = run / "wsinfer"
+    try:
+        with st.spinner("Tracing the model and measuring its held-out AUC..."):
+            export_wsinfer(run, folder, held_out_auc(str(run)))
+    except (ValueError, OSError) as e:
+        st.session_state["train_export_error"] = f"Not exported: {e}"
+
+
+with st.expander("Export for QuPath (WSInfer)"):
+    st.caption("A WSInfer model folder (config.json, TorchScript, a model card) that QuPath's WSInfer "
+               "extension and `wsinfer run` load: one checkpoint, one view (no TTA, no ensemble). Same as "
+               "`python -m pcam_core export --format wsinfer`.")
+    finished = runs.checkpoint_path(run) is not None and not runs.status(run)["alive"]
+    st.button("Make the WSInfer model", key="train_export_wsinfer", on_click=export_for_qupath, args=(run,),
+              disabled=not finished, help=None if finished else "Wait for a checkpoint and the job's end.")
+    if st.session_state.get("train_export_error"):
+        st.error(st.session_state.pop("train_export_error"))
+    exported = run / "wsinfer"
+    if (exported / "config.json").is_file():
+        archive = downloads.zipped_folder(str(exported), (exported / "config.json").stat().st_mtime)
+        st.download_button("Download the WSInfer model (zip)", archive, file_name=f"{run.name}-wsinfer.zip",
+                           mime="application/zip", key="train_export_download", on_click="ignore")
 
 
 def rename(run: Path) -> None:

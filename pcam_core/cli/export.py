@@ -6,28 +6,8 @@ import argparse
 from pathlib import Path
 
 
-def held_out_auc(checkpoint: str) -> dict | None:
-    """The run's held-out ROC AUC with its bootstrap interval, for the model card; None when the run's
-    dataset or held-out patches cannot be read here."""
-    from pcam_core.data.readers import open_dataset
-    from pcam_core.inference.infer import predictions_table
-    from pcam_core.inference.metrics import auc_ci, roc_auc
-    from pcam_core.models.registry import read_checkpoint
-    from pcam_core.runs.folder import checkpoint_file
-
-    data = read_checkpoint(checkpoint_file(checkpoint)).get("config", {}).get("data")
-    if not data:
-        return None
-    try:
-        table = predictions_table([checkpoint], open_dataset(data), "holdout", tta=1)
-        known = table[table["label"] >= 0]
-        return {"auc": roc_auc(known["label"], known["prob"]), "ci": auc_ci(known["label"], known["prob"]),
-                "n": len(known)}
-    except (ValueError, OSError):  # no data folder here, no held-out patches, one class only
-        return None
-
-
 def cmd_export(args: argparse.Namespace) -> int:
+    from pcam_core.inference.infer import held_out_auc
     from pcam_core.models.export import export_wsinfer
 
     if len(args.checkpoint) != 1:

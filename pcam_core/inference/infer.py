@@ -21,13 +21,15 @@ import pandas as pd
 import torch
 
 from pcam_core.atomic import write_cache
+from pcam_core.data.readers import open_dataset
 from pcam_core.data.splits import holdout_indices
 from pcam_core.data.transforms import dihedral, to_model_input
 from pcam_core.geometry import as_patches
+from pcam_core.inference.metrics import auc_ci, roc_auc
 from pcam_core.models import calibrate
 from pcam_core.models.calibrate import Setting
 from pcam_core.models.distributed import Distributed
-from pcam_core.models.registry import Classifier, load, resolve_device
+from pcam_core.models.registry import Classifier, load, read_checkpoint, resolve_device
 from pcam_core.runs.folder import checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -229,3 +231,17 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
     write_cache(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table
 
+
+def held_out_auc(checkpoint: str) -> dict | None:
+    """The run's held-out ROC AUC with its bootstrap interval, for the model card; None when the run's
+    dataset or held-out patches cannot be read here."""
+    data = read_checkpoint(checkpoint_file(checkpoint)).get("config", {}).get("data")
+    if not data:
+        return None
+    try:
+        table = predictions_table([checkpoint], open_dataset(data), "holdout", tta=1)
+        known = table[table["label"] >= 0]
+        return {"auc": roc_auc(known["label"], known["prob"]), "ci": auc_ci(known["label"], known["prob"]),
+                "n": len(known)}
+    except (ValueError, OSError):  # no data folder here, no held-out patches, one class only
+        return None
