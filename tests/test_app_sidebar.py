@@ -35,3 +35,22 @@ def test_the_model_menu_puts_the_auc_before_the_name_and_says_the_rest_below(ope
     assert shown.startswith("AUC 0.") and shown.endswith("· tiny")  # a long name is cut, not the AUC
     details = " ".join(c.value for c in at.sidebar.caption)
     assert "tiny: base_cnn, 2 of 2 epochs on demo, best validation AUC " + shown[4:9] in details
+
+
+def test_a_run_that_finishes_later_does_not_replace_the_model_in_use(open_app, trained_runs, tmp_path,
+                                                                       monkeypatch):
+    import os
+    import shutil
+
+    runs = tmp_path / "shared-runs"
+    shutil.copytree(trained_runs / "tiny", runs / "tiny")
+    monkeypatch.setenv("PCAM_RUNS_DIR", str(runs))
+    at = open_app()
+    assert at.selectbox(key="model_choice").value == "tiny"
+    shutil.copytree(trained_runs / "tiny", runs / "newer")  # a colleague's run finishes meanwhile
+    later = (runs / "tiny").stat().st_mtime + 3600  # a run from the command line is dated by its folder
+    os.utime(runs / "newer", (later, later))
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="model_choice").value == "tiny"  # the one in use stays
+    assert any("newer, has finished" in c.value for c in at.sidebar.caption)

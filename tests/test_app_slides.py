@@ -35,6 +35,7 @@ def open_slides(open_app, folder: Path, reviewer: str = ""):
 def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_text, slide_folder, tmp_path):
     at = open_slides(open_app, slide_folder, reviewer="Dr Ann")
     assert "1,536 x 1,024 px at 0.972 um/px" in page_text(at)
+    assert not any("synthetic demo" in w.value for w in at.warning)  # a demo model on a demo slide
     at.button(key="slides_score").click().run()  # small: scored in the page
     assert not at.exception, at.exception
     text = page_text(at)
@@ -100,3 +101,15 @@ def test_without_a_model_the_page_says_what_to_do(open_app, page_text, slide_fol
     at = open_slides(open_app, slide_folder)
     assert "Choose a trained model in the sidebar" in page_text(at)
     assert np.all([b.key != "slides_score" for b in at.button])
+
+
+def test_a_demo_model_on_a_real_slide_is_warned_about(open_app, with_model, page_text):
+    import os
+
+    if not os.environ.get("PCAM_SLIDES_DIR"):
+        pytest.skip("PCAM_SLIDES_DIR is unset (real scanner slides not available)")
+    at = open_slides(open_app, Path(os.environ["PCAM_SLIDES_DIR"]))
+    assert at.selectbox(key="slides_file").value.endswith("CMU-1-Small-Region.svs")
+    warnings = [w.value for w in at.warning]
+    assert any("learned from the synthetic demo patches" in w and "CMU-1-Small-Region.svs is a real slide"
+               in w for w in warnings), warnings

@@ -11,6 +11,7 @@ from app.widgets import annotations, images, patch_panel, sidebar, slides, ui
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
 from pcam_core.slides.cache import job_state
+from pcam_core.slides.demo import synthetic_model_warning
 from pcam_core.slides.export import THRESHOLD, cell_id
 from pcam_core.slides.maps import map_slide
 from pcam_core.slides.reader import STRIDES, Grid, MissingScale
@@ -63,6 +64,8 @@ tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta")
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar to score the slide.")
     st.stop()
+if warning := synthetic_model_warning(ctx.run_data, path):
+    st.warning(warning)
 tissue = slides.tissue(path, mtime, mpp, stride)
 n_cells = int((tissue >= slides.MIN_TISSUE).sum())
 settings = slides.settings_for(stride, tta, mpp)

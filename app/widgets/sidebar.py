@@ -156,12 +156,16 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     if "model_choice" not in st.session_state and st.query_params.get("model") in options:
         st.session_state["model_choice"] = st.query_params["model"]  # a reload keeps the user's pick
         st.session_state["model_pinned"] = True
-    if not st.session_state.get("model_pinned") or st.session_state.get("model_choice") not in options:
-        mine = table[table["data"] == dataset_key]
-        finished = mine["state"] == "finished"
-        candidates = [*mine.index[finished], *mine.index[~finished]]
+    mine = table[table["data"] == dataset_key]
+    finished = mine["state"] == "finished"
+    candidates = [*mine.index[finished], *mine.index[~finished]]
+    # the default is chosen while no model is in use (and the reader did not choose none); a model in use
+    # stays until the reader changes it, even when a newer run finishes
+    current = st.session_state.get("model_choice")
+    if current not in options or (current == NO_MODEL and not st.session_state.get("model_pinned")):
         st.session_state["model_choice"] = next(
             (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
+    newer = next((run_id for run_id in mine.index[finished]), None)
 
     def label(run_id: str) -> str:
         """The AUC first, then the run's name: a long name is cut at the sidebar's edge, not the AUC."""
@@ -186,6 +190,9 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
         auc = "" if pd.isna(row["best_auc"]) else f", best validation AUC {row['best_auc']:.3f}"
         st.sidebar.caption(f"{choice}: {row['model']}, {row['epoch']} of {row['epochs']} epochs on "
                            f"{row['dataset']}{auc} ({row['state']})")
+        if newer is not None and newer != choice and table.loc[newer, "started"] > row["started"]:
+            st.sidebar.caption(f"A newer run on this dataset, {newer}, has finished: choose it above to use "
+                               "it.")
     if choice == NO_MODEL:
         training = registry["run_id"][registry["state"].isin(runs.ACTIVE_STATES)]
         if len(training):

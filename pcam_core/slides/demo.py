@@ -116,6 +116,19 @@ def mask_path(slide_path: str | Path) -> Path:
     return slide_path.with_name(f"{slide_path.stem}_mask.npz")
 
 
+def synthetic_model_warning(trained_on: str | Path | None, slide_path: str | Path) -> str | None:
+    """A warning when a model that learned from the synthetic demo patches meets a real slide: its map there
+    says little about real tissue (the demo set is the one with `tumour_masks.npz`, a demo slide has its
+    mask beside it)."""
+    if not trained_on or not (Path(trained_on) / "tumour_masks.npz").is_file():
+        return None
+    if mask_path(slide_path).is_file():
+        return None
+    return (f"This model learned from the synthetic demo patches ({Path(trained_on).name}), and "
+            f"{Path(slide_path).name} is a real slide: its map says little about real tissue. Train on real "
+            "patches (a Kaggle or PCam folder) before trusting it here.")
+
+
 def outline_path(slide_path: str | Path) -> Path:
     """The tumour's outline as QuPath GeoJSON, named after the slide (`slide-eval` finds it so)."""
     slide_path = Path(slide_path)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,7 @@ def score_map(slide_map, annotations: Annotations | None, top_k: int | None = No
     """One slide's map against its outlines (None: a tumour-free slide): its scored cells with their labels,
     its row of the per-slide table, and its part of the FROC."""
     grid, meta = slide_map.grid, slide_map.meta
-    name = str(meta.get("slide", slide_map.folder.name))
+    name = Path(meta.get("slide", slide_map.folder.name)).name
     if annotations is not None:
         annotations.check_fits(tuple(meta["size"]), name)
         cells = cell_labels(grid, annotations, slide_map.tissue, meta.get("min_tissue", 0.25))

@@ -38,6 +38,7 @@ from pcam_core.models.distributed import Distributed
 from pcam_core.models.registry import Classifier, load, resolve_device
 from pcam_core.runs.folder import checkpoint_file, read_json
 from pcam_core.slides.cache import MapSettings, SlideMap, load_map, map_dir, save_arrays, write_meta
+from pcam_core.slides.demo import synthetic_model_warning
 from pcam_core.slides.export import write_outputs
 from pcam_core.slides.reader import (
     MIN_TISSUE,
@@ -249,6 +250,10 @@ def map_slide(checkpoints: Sequence, slide_path, stride: int = 32, tta: int = 1,
     if len(scales) > 1:
         raise ValueError(f"the ensemble's models were trained at different scales ({sorted(scales)} um/px)")
     slide = open_slide(slide_path, mpp, scales.pop())
+    warning = next(filter(None, (synthetic_model_warning(c.config.get("data"), slide_path)
+                                 for c in classifiers)), None)
+    if warning:
+        log.warning(warning)
     try:
         ctx = Distributed(device)
         settings = MapSettings(stride, tta, mpp, min_tissue, precision_used(precision, ctx.device))
