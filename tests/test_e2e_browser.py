@@ -109,9 +109,24 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
         settle(page)
         page.get_by_role("link", name="Browse").click()
         settle(page)
+        # a reviewer's place survives a reload: Browse's filter and page, then the patch open in Inspect
+        page.goto(page.url.replace("/browse?", "/browse?browse_label=tumour&"))
+        settle(page)
+        page.get_by_label("Page", exact=True).fill("2")
+        page.get_by_label("Page", exact=True).press("Enter")
+        settle(page)
+        assert "browse_page=2" in page.url and "browse_label=tumour" in page.url
+        page.reload()
+        settle(page)
+        assert page.get_by_label("Page", exact=True).input_value() == "2"
+        assert page.get_by_text(re.compile(r"tumour.*page 2 of|page 2 of")).count() >= 1
         page.get_by_role("button", name="Inspect").first.click()
         page.get_by_role("heading", name="Inspect").wait_for()
         settle(page)
+        opened = re.search(r"[?&]patch=([^&]+)", page.url).group(1)
+        page.reload()
+        settle(page)
+        assert f"patch={opened}" in page.url and page.get_by_text(opened).count() >= 1
         page.get_by_role("heading", name="Inspect").first.click()  # focus on the page, not on a text box
         page.keyboard.press("y")  # the shortcut of "Yes"
         settle(page)
@@ -164,6 +179,10 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
         page.get_by_role("button", name="Yes", exact=True).click()
         settle(page)
         page.screenshot(path=shots / "slide-verdict.png")
+        assert errors_on(page) == 0
+        page.reload()  # the slide, its settings and the open cell come back
+        settle(page)
+        page.get_by_role("heading", name=f"Cell r{row} c{col}").wait_for(timeout=60_000)
         assert errors_on(page) == 0
         browser.close()
 

@@ -26,7 +26,8 @@ ui.header("Browse", "Every patch of a split, with the centre 32x32 outlined. Fil
 ctx = sidebar.context()
 sidebar.warn_if_other_data(ctx)
 store = ctx.store
-keep = dict(persist_state="session", on_change=first_page)
+# the filters and the page live in the URL: a reload or a bookmark comes back to the same view
+keep = dict(persist_state="session", bind="query-params", on_change=first_page)
 
 row = st.columns([1, 1, 1, 1, 1])
 split = row[0].selectbox("Split", store.split_names(), key="browse_split", **keep)
@@ -122,7 +123,7 @@ row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",
                                 **keep)
 pages = max(1, -(-len(shown) // size))
-page = row[1].number_input("Page", 1, pages, key="browse_page", persist_state="session")
+page = row[1].number_input("Page", 1, pages, key="browse_page", persist_state="session", bind="query-params")
 start = (min(page, pages) - 1) * size
 row[2].markdown(f"**{len(shown):,}** of {len(table):,} {split} patches match; "
                 f"page {min(page, pages)} of {pages}."

@@ -75,6 +75,12 @@ def label_check(patch_id: str, label: int) -> None:
                               "models of the other folds confidently say the other class.")
 
 
+if "inspect_index" not in st.session_state and st.query_params.get("patch"):  # a reload or a bookmark
+    try:
+        go_to_patch(int(store.index_of([st.query_params["patch"]])[0]))
+    except ValueError:
+        st.warning(f"Patch {ui.as_text(st.query_params['patch'])} of the link is not in this dataset.")
+
 dataset_tab, upload_tab = st.tabs(["Dataset patch", "Your own patch"])
 with dataset_tab:
     order = st.session_state.get("inspect_order")
@@ -83,6 +89,7 @@ with dataset_tab:
     index = int(st.session_state.get("inspect_index", order[0]))
     if not 0 <= index < len(store):
         index = int(order[0])
+    st.query_params["patch"] = store.ids[index]  # the open patch is in the URL
     position = np.flatnonzero(order == index)
     at = int(position[0]) if len(position) else 0
     nav = st.columns([1, 1, 3, 2])

@@ -35,9 +35,10 @@ ctx = sidebar.context()
 store = ctx.store
 
 row = st.columns([1, 2, 2])
-split = row[0].selectbox("Split", store.split_names(), key="map_split", persist_state="session")
+split = row[0].selectbox("Split", store.split_names(), key="map_split", persist_state="session",
+                         bind="query-params")
 sources = ([f"Model {ctx.run.name}"] if ctx.run is not None else []) + [NO_MODEL]
-source = row[1].selectbox("Map from", sources, key="map_source", persist_state="session",
+source = row[1].selectbox("Map from", sources, key="map_source", persist_state="session", bind="query-params",
                           help="A model's embedding (what its classifier reads), or colour and texture "
                                "statistics, which need no training.")
 checkpoint = str(ctx.run) if source != NO_MODEL and ctx.run is not None else None
@@ -96,7 +97,8 @@ options = (["label"] if labelled else []) + (["outcome"] if has_prob and labelle
           (["P(tumour)"] if has_prob else []) + (["loss"] if has_prob and labelled else []) + \
           (["TTA spread"] if "spread" in table and ctx.tta > 1 else []) + \
           ["verdict", "brightness", "saturation", "tissue share"]
-colour = row[2].selectbox("Colour by", options, key="map_colour", persist_state="session")
+colour = row[2].selectbox("Colour by", options, key="map_colour", persist_state="session",
+                            bind="query-params")
 
 fig = go.Figure()
 if colour in CATEGORIES:

@@ -23,8 +23,9 @@ ctx = sidebar.context()
 # ---- which slide -------------------------------------------------------------------------------------
 folders = slides.slide_folders()
 pick = st.columns([2, 3, 2])
-source = pick[0].selectbox("Slides from", [*folders, "A folder I type"], key="slides_source")
-folder = folders.get(source) or pick[0].text_input("Slide folder", key="slides_folder",
+kept = dict(bind="query-params")  # the slide, its scale and the map's settings: a reload comes back to them
+source = pick[0].selectbox("Slides from", [*folders, "A folder I type"], key="slides_source", **kept)
+folder = folders.get(source) or pick[0].text_input("Slide folder", key="slides_folder", **kept,
                                                    placeholder="/path/to/slides")
 if not folder:
     st.info("Type the path of a folder holding .svs, .tif, .ndpi, .mrxs or other slide files.")
@@ -37,9 +38,9 @@ except FileNotFoundError as e:
 if not paths:
     st.info(f"{folder} holds no slide files (.svs, .tif, .ndpi, .mrxs, ...).")
     st.stop()
-path = pick[1].selectbox("Slide", paths, format_func=lambda p: Path(p).name, key="slides_file")
+path = pick[1].selectbox("Slide", paths, format_func=lambda p: Path(p).name, key="slides_file", **kept)
 mpp = pick[2].number_input("Microns per pixel", value=None, min_value=0.05, max_value=20.0, step=0.05,
-                           format="%.3f", key="slides_mpp", placeholder="from the file",
+                           format="%.3f", key="slides_mpp", placeholder="from the file", **kept,
                            help="Empty: the scale in the slide's metadata. Needed when it has none.")
 try:
     slide = slides.open_cached(path, mpp)
@@ -56,11 +57,11 @@ st.caption(f"{w:,} x {h:,} px at {slide.mpp:.3f} um/px ({slide.handle.level_coun
            f"{slide.model_mpp} um/px, so one 96 px patch covers {96 * slide.scale:.0f} px of the slide.")
 
 opts = st.columns([2, 1, 3])
-stride = opts[0].radio("Cell", STRIDES, index=0, horizontal=True, key="slides_stride",
+stride = opts[0].radio("Cell", STRIDES, index=0, horizontal=True, key="slides_stride", **kept,
                        format_func=lambda s: {32: "32 (PCam)", 48: "48", 96: "96 (quick)"}[s],
                        help="32: every centre 32x32 gets its own prediction, as a PCam label means. 96: one "
                             "prediction per 96 px tile, 9x fewer cells.")
-tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta")
+tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta", **kept)
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar to score the slide.")
     st.stop()
@@ -145,6 +146,14 @@ if slide_map is None or not slide_map.complete:
 # ---- the map ------------------------------------------------------------------------------------------
 def pick_cell(row: int, col: int) -> None:
     st.session_state["slides_cell"] = (int(row), int(col), path, stride)
+    st.query_params["cell"] = f"{int(row)},{int(col)}"  # the open cell is in the URL
+
+
+if "slides_cell" not in st.session_state and st.query_params.get("cell", "").count(",") == 1:
+    try:  # a reload or a bookmark: the cell of the link, on this slide at this stride
+        st.session_state["slides_cell"] = (*map(int, st.query_params["cell"].split(",")), path, stride)
+    except ValueError:
+        pass
 
 
 view = st.columns([1, 1, 2])

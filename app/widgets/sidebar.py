@@ -137,6 +137,20 @@ def _loads(run: Path) -> bool:
     return True
 
 
+def _default_model(table: pd.DataFrame, dataset_key: str, options: list[str]) -> str | None:
+    """Sets the default model while none is in use (and the reader did not choose none): the newest
+    finished run on this dataset whose checkpoint loads, else the newest that loads. A model in use stays
+    until the reader changes it, even when a newer run finishes; returns that newest finished run."""
+    mine = table[table["data"] == dataset_key]
+    finished = mine["state"] == "finished"
+    current = st.session_state.get("model_choice")
+    if current not in options or (current == NO_MODEL and not st.session_state.get("model_pinned")):
+        candidates = [*mine.index[finished], *mine.index[~finished]]
+        st.session_state["model_choice"] = next(
+            (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
+    return next(iter(mine.index[finished]), None)
+
+
 def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     """Sidebar choice of a trained model among the runs that have a checkpoint: those trained on this
     dataset first, newest first, then the others, marked with the data they learned from.
@@ -156,16 +170,7 @@ def model_picker(dataset_key: str) -> tuple[Path | None, str]:
     if "model_choice" not in st.session_state and st.query_params.get("model") in options:
         st.session_state["model_choice"] = st.query_params["model"]  # a reload keeps the user's pick
         st.session_state["model_pinned"] = True
-    mine = table[table["data"] == dataset_key]
-    finished = mine["state"] == "finished"
-    candidates = [*mine.index[finished], *mine.index[~finished]]
-    # the default is chosen while no model is in use (and the reader did not choose none); a model in use
-    # stays until the reader changes it, even when a newer run finishes
-    current = st.session_state.get("model_choice")
-    if current not in options or (current == NO_MODEL and not st.session_state.get("model_pinned")):
-        st.session_state["model_choice"] = next(
-            (run_id for run_id in candidates if _loads(Path(table.loc[run_id, "path"]))), NO_MODEL)
-    newer = next((run_id for run_id in mine.index[finished]), None)
+    newer = _default_model(table, dataset_key, options)
 
     def label(run_id: str) -> str:
         """The AUC first, then the run's name: a long name is cut at the sidebar's edge, not the AUC."""
