@@ -1,7 +1,10 @@
 """The Browse page: the grid, its filters and sorts, the review queue, and opening a patch in Inspect."""
 
 import threading
+import time
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from pcam_core import review
@@ -78,8 +81,13 @@ def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):
 def test_browse_shows_its_first_page_while_the_split_is_scored(open_app, with_model, page_text, demo_dir,
                                                                 monkeypatch, scored, scoring_of):
     release, real = threading.Event(), infer.predictions_table
+    store = open_dataset(demo_dir)
+    first_100 = store.split_indices("train")[:100]
 
-    def held(*args, **kwargs):  # the whole split takes as long as the test wants
+    def held(*args, partial=None, **kwargs):  # 100 patches scored at once, the rest when the test says
+        if partial is not None:
+            partial(pd.DataFrame({"id": store.ids[first_100], "index": first_100, "spread": 0.0,
+                                  "prob": np.linspace(0, 1, 100), "label": store.labels[first_100]}))
         release.wait(60)
         return real(*args, **kwargs)
 
@@ -91,10 +99,18 @@ def test_browse_shows_its_first_page_while_the_split_is_scored(open_app, with_mo
     assert "Scoring all 600 train patches" in scoring_of(at)
     first = tiles(at)  # the first page is there, each tile with its probability
     assert len(first) == 48
-    assert "browse_sort" not in [box.key for box in at.selectbox]  # the model's filters wait for the split
-    at.toggle(key="browse_queue").set_value(True).run()  # the queue needs every patch scored: it waits
-    assert not at.image and "need every patch scored" in page_text(at)
+    deadline = time.monotonic() + 30
+    while "browse_sort" not in [box.key for box in at.selectbox]:  # offered once the first rows are scored
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        at.run()
+    at.toggle(key="browse_queue").set_value(True).run()  # the queue starts with the patches scored so far
+    assert not at.exception
+    assert "cover the 100 of 600 patches scored so far" in page_text(at) and len(tiles(at)) == 48
     at.toggle(key="browse_queue").set_value(False).run()
+    at.selectbox(key="browse_sort").set_value("probability, high first").run()
+    assert [p for _, p in tiles(at)][:3] == [1.0, round(98 / 99, 3), round(97 / 99, 3)]  # among those 100
+    at.selectbox(key="browse_sort").set_value("dataset order").run()
 
     release.set()
     at = scored(at)

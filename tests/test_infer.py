@@ -122,6 +122,20 @@ def test_predictions_table_is_cached_per_checkpoint_and_data(tmp_path, demo_dir,
     assert not np.allclose(fresh["prob"], table["prob"]) and len(cached_files(store)) == 2
 
 
+def test_predictions_table_hands_over_the_rows_done_so_far(tmp_path, demo_dir, monkeypatch):
+    monkeypatch.setenv("PCAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(infer.time, "monotonic", iter(range(0, 10**6, 5)).__next__)  # every batch is late
+    store = open_dataset(demo_dir)
+    seen = []
+    table = infer.predictions_table([untrained_checkpoint(tmp_path / "a.pt")], store, "train", tta=2,
+                                    batch_size=128, partial=seen.append)
+    assert [len(part) for part in seen] == [128, 256, 384, 512, 600]  # the split's 600, batch by batch
+    for part in seen:  # each part is final: the same rows and numbers as the whole table's first ones
+        np.testing.assert_array_equal(part["index"], table["index"][:len(part)])
+        np.testing.assert_allclose(part["prob"], table["prob"][:len(part)])
+        np.testing.assert_allclose(part["spread"], table["spread"][:len(part)])
+
+
 def test_predictions_table_keeps_precisions_apart(tmp_path, demo_dir, monkeypatch):
     monkeypatch.setenv("PCAM_CACHE_DIR", str(tmp_path / "cache"))
     store = open_dataset(demo_dir)

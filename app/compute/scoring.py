@@ -47,6 +47,7 @@ class BackgroundScoring:
 
     def __init__(self, run_dirs: list[Path], store: PatchStore, split: str, tta: int):
         self.done, self.total, self.error, self.table = 0, 0, None, None
+        self.partial: pd.DataFrame | None = None  # the patches scored so far, for a page that shows them
         self.split = split
         self.thread = threading.Thread(target=self._run, args=(run_dirs, store, split, tta), daemon=True,
                                        name=f"scoring-{split}")
@@ -60,9 +61,12 @@ class BackgroundScoring:
 
         try:
             self.table = infer.predictions_table([str(r) for r in run_dirs], store, split, tta=tta,
-                                                 progress=progress)
+                                                 progress=progress, partial=self._keep)
         except Exception as e:  # noqa: BLE001 - shown on the page that asked, never lost in a thread
             self.error = f"{type(e).__name__}: {e}"
+
+    def _keep(self, table: pd.DataFrame) -> None:
+        self.partial = table
 
     @property
     def running(self) -> bool:

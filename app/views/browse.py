@@ -71,21 +71,31 @@ for kept in ([copies] if with_copies else []) + ([set(tags.loc[tags["tag"] == ta
     wanted = kept if wanted is None else wanted & kept
 
 preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
+asked = {key: st.session_state.get(key, default) for key, default in MODEL_CHOICES.items()}
+wants_model = queue or verdict == "differs from the model" or any(
+    (tuple(v) if isinstance(v, list) else v) != MODEL_CHOICES[k] for k, v in asked.items())
+partial = pending.partial if pending is not None and wants_model else None
+if partial is not None:  # the model's filters, sorts and queue over the patches scored so far
+    preds = partial
 verdicts = ui.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 if checked:
     table = table.merge(issues[["id", "quality", "issue"]].assign(cv_prob=issues["prob"]), on="id",
                         how="left")
 has_preds = preds is not None
+offer_model = has_preds or (pending is not None and pending.partial is not None)  # some rows scored
 
 
 @st.fragment(run_every=1.0)
-def scoring_progress(job: scoring.BackgroundScoring) -> None:
-    """While the split is scored in the background: its progress, then a rerun of the page."""
+def scoring_progress(job: scoring.BackgroundScoring, shown: int | None = None) -> None:
+    """While the split is scored in the background: its progress, then a rerun of the page; with `shown`
+    (the patches scored when the page drew), a rerun every few seconds so the grid grows with them."""
     if job.running:
         share = job.done / job.total if job.total else 0.0
         st.progress(share, text=f"Scoring all {job.total or len(table):,} {job.split} patches for the "
                                 f"model's filters and sorts: {job.done:,} done")
+        if shown is not None and job.partial is not None and len(job.partial) >= shown + max(500, shown):
+            st.rerun()
     elif job.error:
         st.error(f"Scoring the {job.split} patches failed: {job.error}")
     else:
@@ -93,7 +103,7 @@ def scoring_progress(job: scoring.BackgroundScoring) -> None:
 
 
 predicted, outcome, low, high, min_priority, sort = "any", "any", 0.0, 1.0, 0.0, "dataset order"
-if has_preds:
+if offer_model:
     row = st.columns([1, 1, 2, 1, 1])
     predicted = row[0].selectbox("Prediction", ["any", "tumour", "normal"], key="browse_pred", **keep)
     outcome = row[1].selectbox("Outcome", review.OUTCOMES, key="browse_outcome", disabled=not labelled,
@@ -102,13 +112,16 @@ if has_preds:
     min_priority = row[3].slider("Min. uncertainty", 0.0, 2.0, 0.0, 0.05, key="browse_priority", **keep,
                                  help="Doubt (1 at p = 0.5) plus twice the TTA spread.")
     sort = row[4].selectbox("Sort", list(SORTS), key="browse_sort", disabled=queue, **keep)
+    if pending is not None:
+        scoring_progress(pending, len(partial) if partial is not None else None)
+    if partial is not None:
+        st.caption(f"The model's filters and sorts and the review queue cover the {len(partial):,} of "
+                   f"{len(table):,} patches scored so far; the rest join as they are scored.")
 elif pending is not None:
-    scoring_progress(pending)
-    asked = {key: st.session_state.get(key, default) for key, default in MODEL_CHOICES.items()}
-    if queue or verdict == "differs from the model" or any(
-            (tuple(v) if isinstance(v, list) else v) != MODEL_CHOICES[k] for k, v in asked.items()):
-        st.info("The review queue and the model's filters and sorts need every patch scored: the grid "
-                "follows as soon as that is done.")
+    scoring_progress(pending, 0 if wants_model else None)  # with a model view asked: on with the first
+    if wants_model:
+        st.info("The review queue and the model's filters and sorts start with the first patches scored: "
+                "the grid follows in a moment.")
         st.stop()
 else:
     st.info("Choose a trained model in the sidebar to filter and sort by its predictions "
@@ -135,7 +148,7 @@ if shown.empty:
     st.warning("No patch matches these filters.")
     st.stop()
 tiles = shown.iloc[start:start + size]
-if pending is not None:  # the page's own patches, scored now with the model the app holds
+if pending is not None and partial is None:  # the page's own patches, scored now with the app's model
     run, mtime = ui.model_key(ctx.run)
     tiles = tiles.merge(scoring.page_predictions(run, mtime, store, store.fingerprint,
                                             tuple(tiles["index"].tolist()), ctx.tta), on="index")

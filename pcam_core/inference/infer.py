@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,7 +73,8 @@ def view_indices(tta: int) -> tuple[int, ...]:
 
 def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1,
             device: str | torch.device = "auto", batch_size: int | None = None, precision: str = "auto",
-            progress: Progress | None = None, compile: bool | None = False) -> dict[str, np.ndarray]:
+            progress: Progress | None = None, compile: bool | None = False,
+            on_rows: Callable[[int, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Tumour probabilities for patches of `store`, averaged over TTA views and over classifiers.
 
     Args:
@@ -85,6 +87,7 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
         precision: "auto" (bf16 autocast on CUDA; on a CPU, calibrated), "bf16" or "fp32".
         progress: called as progress(done, total) after each batch.
         compile: torch.compile the models (None: when calibration finds it pays off for this many patches).
+        on_rows: see `predict_rows`: the rows done so far, for a caller that shows them before the end.
 
     Returns:
         dict with "prob" (N,) float32, "spread" (N,) float32 (std of the probability over the TTA views,
@@ -92,7 +95,7 @@ def predict(classifiers: Sequence[Classifier], store, indices=None, tta: int = 1
     """
     indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     return predict_rows(classifiers, lambda start, stop: store.batch(indices[start:stop]), len(indices), tta,
-                        device, batch_size, precision, progress, compile)
+                        device, batch_size, precision, progress, compile, on_rows)
 
 
 def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
@@ -105,9 +108,11 @@ def predict_images(classifier: Classifier, images: np.ndarray, tta: int = 1,
 
 def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, int], np.ndarray], n: int,
                  tta: int, device, batch_size: int | None, precision: str,
-                 progress: Progress | None, compile: bool | None = False) -> dict[str, np.ndarray]:
+                 progress: Progress | None, compile: bool | None = False,
+                 on_rows: Callable[[int, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """`predict` over any source of patches: read_rows(start, stop) returns rows start..stop of `n`
-    (B, 96, 96, 3) uint8, called in order on a reader thread, one batch ahead of the model."""
+    (B, 96, 96, 3) uint8, called in order on a reader thread, one batch ahead of the model. `on_rows(done,
+    views)` after each batch hands over the (n, tta) per-view probabilities, the first `done` rows final."""
     if isinstance(classifiers, Classifier) or not classifiers:
         raise ValueError("predict takes a non-empty list of Classifiers (models.load(path) makes one)")
     views = view_indices(tta)
@@ -146,6 +151,8 @@ def predict_rows(classifiers: Sequence[Classifier], read_rows: Callable[[int, in
             out[start:start + rows] = (probs[:rows] / len(classifiers)).cpu().numpy()
             if progress is not None:
                 progress(start + rows, n)
+            if on_rows is not None:
+                on_rows(start + rows, out)
     return {"prob": out.mean(axis=1), "spread": out.std(axis=1), "views": out}
 
 
@@ -195,7 +202,8 @@ def cached_predictions(checkpoints: Sequence[str | Path], store, split: str, tta
 def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta: int = 1,
                       device: str = "auto",
                       batch_size: int | None = None, precision: str = "auto",
-                      progress: Progress | None = None, compile: bool | None = False) -> pd.DataFrame:
+                      progress: Progress | None = None, compile: bool | None = False,
+                      partial: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Predictions for one split as a table, read from the on-disk cache when already computed.
 
     The cache (store.cache_dir/predictions) is keyed by each checkpoint file's path, mtime and size, the
@@ -206,6 +214,8 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
     Args:
         split: "train", "valid", "test", or "holdout" (the patches the checkpoints' training runs held out
             for validation, see `holdout_indices`).
+        partial: called now and then with the table of the patches predicted so far (one process only),
+            for a page that shows them before the split is done.
 
     Returns:
         DataFrame with columns id, index (store index), prob, spread, label (-1 where unknown).
@@ -221,8 +231,10 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
         return pd.read_parquet(path)
     ctx = Distributed(device)  # under torchrun each rank predicts every world-th patch on its own device
     classifiers = [load(c) for c in checkpoints]
+    rows = _partial_rows(store, indices, partial) if partial is not None and ctx.world == 1 else None
     result = predict(classifiers, store, ctx.shard(indices), tta=tta, device=ctx.device,
-                     batch_size=batch_size, precision=precision, progress=progress, compile=compile)
+                     batch_size=batch_size, precision=precision, progress=progress, compile=compile,
+                     on_rows=rows)
     result = {k: ctx.unshard([part[k] for part in ctx.gather(result)]) for k in ("prob", "spread")}
     table = pd.DataFrame({"id": store.ids[indices], "index": indices, "prob": result["prob"],
                           "spread": result["spread"], "label": store.labels[indices]})
@@ -230,6 +242,22 @@ def predictions_table(checkpoints: Sequence[str | Path], store, split: str, tta:
         return table
     write_cache(path, lambda tmp: table.to_parquet(tmp, index=False))
     return table
+
+
+def _partial_rows(store, indices: np.ndarray, partial: Callable[[pd.DataFrame], None],
+                  every_s: float = 1.0) -> Callable[[int, np.ndarray], None]:
+    """An `on_rows` that hands `partial` the table of the rows done so far, at most every `every_s`."""
+    last = [0.0]
+
+    def on_rows(done: int, views: np.ndarray) -> None:
+        if time.monotonic() - last[0] < every_s and done < len(indices):
+            return
+        last[0] = time.monotonic()
+        part = views[:done]
+        partial(pd.DataFrame({"id": store.ids[indices[:done]], "index": indices[:done], "prob": part.mean(1),
+                              "spread": part.std(1), "label": store.labels[indices[:done]]}))
+
+    return on_rows
 
 
 def held_out_auc(checkpoint: str) -> dict | None:
