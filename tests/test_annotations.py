@@ -81,7 +81,15 @@ def test_bad_annotation_files_are_one_clear_error(tmp_path):
     cases = {"point.geojson": json.dumps({"type": "Point", "coordinates": [1, 2]}),
              "notes.geojson": "tumour somewhere on the left",
              "other.xml": "<Annotations><Annotation/></Annotations>",
-             "broken.xml": "<ASAP_Annotations><Annotations>"}
+             "broken.xml": "<ASAP_Annotations><Annotations>",
+             "numbers.geojson": json.dumps({"type": "FeatureCollection", "features": [1, 2]}),
+             "nothing.geojson": json.dumps({"type": "FeatureCollection", "features": None}),
+             "comma.xml": '<ASAP_Annotations><Annotations><Annotation Name="a" PartOfGroup="_0">'
+                          '<Coordinates><Coordinate Order="0" X="1,5" Y="2"/></Coordinates></Annotation>'
+                          "</Annotations></ASAP_Annotations>",
+             "no-y.xml": '<ASAP_Annotations><Annotations><Annotation Name="a" PartOfGroup="_0">'
+                         '<Coordinates><Coordinate Order="0" X="1"/></Coordinates></Annotation>'
+                         "</Annotations></ASAP_Annotations>"}
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=name.replace(".", r"\.")):

@@ -89,7 +89,8 @@ offer_model = has_preds or (pending is not None and pending.partial is not None)
 @st.fragment(run_every=1.0)
 def scoring_progress(job: scoring.BackgroundScoring, shown: int | None = None) -> None:
     """While the split is scored in the background: its progress, then a rerun of the page; with `shown`
-    (the patches scored when the page drew), a rerun every few seconds so the grid grows with them."""
+    (the patches scored when the page drew), a rerun each time as many again (500 at least) are scored, so
+    the grid grows with them without redrawing every second."""
     if job.running:
         share = job.done / job.total if job.total else 0.0
         st.progress(share, text=f"Scoring all {job.total or len(table):,} {job.split} patches for the "

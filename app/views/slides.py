@@ -165,6 +165,9 @@ view[2].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at 
                     if slide_map.meta.get("failed") else ""))
 chosen = st.session_state.get("slides_cell")
 selected = chosen[:2] if chosen and chosen[2:] == (path, stride) else None
+if selected is not None and not (0 <= selected[0] < slide_map.prob.shape[0]
+                                 and 0 <= selected[1] < slide_map.prob.shape[1]):
+    selected = None  # a link's cell that this map does not have
 uri, down, thumb_size = slides.thumbnail_uri(path, mtime, mpp)
 outlines = annotations.current(path, slide.size)
 figure = slides.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected,
@@ -187,7 +190,7 @@ with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlin
         st.caption("No outlines for this slide: upload a pathologist's QuPath GeoJSON or ASAP XML, or put "
                    f"one named {Path(path).stem}.geojson (or .xml) beside the slide, to score the map "
                    "against it.")
-    annotations.upload(path)
+    annotations.upload(path, slide.size)
 
 with st.expander("Top-scoring cells", expanded=selected is None):
     prob = np.nan_to_num(slide_map.prob, nan=-1.0)

@@ -10,7 +10,7 @@ import streamlit as st
 from app.widgets import downloads, sidebar, ui
 from pcam_core import runs
 from pcam_core.inference.infer import held_out_auc
-from pcam_core.models.export import export_wsinfer
+from pcam_core.models.export import check_out, export_wsinfer
 from pcam_core.models.registry import list_models
 from pcam_core.review import agreement
 from pcam_core.runs import jobs
@@ -229,7 +229,7 @@ def export_for_qupath(run: Path) -> None:
     folder = run / "wsinfer"
     try:
         with st.spinner("Tracing the model and measuring its held-out AUC..."):
-            export_wsinfer(run, folder, held_out_auc(str(run)))
+            export_wsinfer(run, check_out(folder), held_out_auc(str(run)))
     except (ValueError, OSError) as e:
         st.session_state["train_export_error"] = f"Not exported: {e}"
 

@@ -64,39 +64,54 @@ def outline_traces(outlines: Annotations) -> list[go.Scatter]:
     return traces
 
 
-def upload(slide_path: str) -> None:
-    """An uploader for the slide's outlines; a file that reads is kept (replacing an earlier upload)."""
+def upload(slide_path: str, size: tuple[int, int]) -> None:
+    """An uploader for the slide's outlines; a file that reads and fits the slide is kept, replacing an
+    earlier upload for it."""
     file = st.file_uploader("Outlines for this slide (QuPath GeoJSON or ASAP XML)", key="slides_outlines",
                             type=[s.lstrip(".") for s in ANNOTATION_SUFFIXES])
     if file is None or st.session_state.get("slides_outlines_kept") == file.file_id:
         return
-    folder = kept_folder(slide_path)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder, stem = kept_folder(slide_path), Path(slide_path).stem
     suffix = Path(file.name).suffix.lower()
-    target = folder / f"{Path(slide_path).stem}{suffix}"
     staged = folder / f".upload{suffix}"
-    staged.write_bytes(file.getvalue())
     try:
-        read_annotations(staged)
-    except ValueError as e:
+        folder.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(file.getvalue())
+        read_annotations(staged).check_fits(size, Path(slide_path).name)
+        for old in ANNOTATION_SUFFIXES:  # this slide's earlier upload, whatever its kind, and nothing else
+            (folder / f"{stem}{old}").unlink(missing_ok=True)
+        staged.replace(folder / f"{stem}{suffix}")
+    except (ValueError, OSError) as e:
         staged.unlink(missing_ok=True)
-        st.error(str(e).replace(".upload", Path(file.name).stem))
+        st.error(f"{file.name} was not kept: {str(e).replace('.upload', Path(file.name).stem)}")
         return
-    for old in folder.glob(f"{Path(slide_path).stem}.*"):
-        old.unlink()
-    staged.replace(target)
     st.session_state["slides_outlines_kept"] = file.file_id
     st.rerun()
 
 
-def scores(slide_map: SlideMap, outlines: Annotations | None) -> None:
+@st.cache_data(show_spinner="Scoring the map against the outlines...", max_entries=16)
+def _scores(map_folder: str, map_mtime: float, outline: str, outline_mtime: float) -> tuple[dict, dict, dict]:
+    """The map in `map_folder` against the outlines in `outline`: its row of the per-slide table, the cell
+    metrics and this slide's FROC (kept per map and outline file and their times)."""
+    from pcam_core.slides.cache import load_map
+
+    slide_map = load_map(map_folder)
+    cells, row, lesions = score_map(slide_map, read_annotations(outline))
+    return row, cell_metrics(cells["label"].to_numpy(), cells["prob"].to_numpy()), froc([lesions])
+
+
+def scores(slide_map: SlideMap, outlines: Annotations) -> None:
     """The map against the outlines: cells, the slide's score, and the lesions found (this slide's FROC)."""
     if not slide_map.complete:
         st.caption("Scores appear when the map is finished.")
         return
-    cells, row, lesions = score_map(slide_map, outlines)
-    metrics = cell_metrics(cells["label"].to_numpy(), cells["prob"].to_numpy())
-    found = froc([lesions])
+    meta = slide_map.folder / "meta.json"
+    try:
+        row, metrics, found = _scores(str(slide_map.folder), meta.stat().st_mtime, str(outlines.source),
+                                      outlines.source.stat().st_mtime)
+    except (ValueError, OSError) as e:
+        st.error(f"The map cannot be scored against {outlines.source.name}: {e}")
+        return
     rows = [("cells scored (tumour by the outlines)", f"{row['cells']:,} ({row['tumour_cells']:,})"),
             ("cell ROC AUC (95% interval)", _with_ci(metrics["roc_auc"], metrics["roc_auc_ci"])),
             ("cell PR AUC (95% interval)", _with_ci(metrics["pr_auc"], metrics["pr_auc_ci"])),

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pcam_core.atomic import atomic_write, write_text
 from pcam_core.cli.common import Bar, writable_file
 
 
@@ -17,6 +18,8 @@ def cmd_slide_labels(args: argparse.Namespace) -> int:
     from pcam_core.slides.maps import cell_patch, tissue_fraction
     from pcam_core.slides.reader import Grid, open_slide
 
+    if args.patches and args.patches.exists() and (not args.patches.is_dir() or any(args.patches.iterdir())):
+        raise ValueError(f"--patches {args.patches} exists and is not an empty folder; give a new one")
     slide = open_slide(args.slide, args.mpp, args.model_mpp or PCAM_MPP)
     annotations = read_annotations(args.annotations)
     annotations.check_fits(slide.size, args.slide.name)
@@ -43,7 +46,7 @@ def cmd_slide_labels(args: argparse.Namespace) -> int:
 
 
 def cmd_slide_eval(args: argparse.Namespace) -> int:
-    from pcam_core.slides.annotations import annotation_for, read_annotations
+    from pcam_core.slides.annotations import ANNOTATION_SUFFIXES, annotation_for, read_annotations
     from pcam_core.slides.evaluate import FROC_RATES, evaluate_maps
     from pcam_core.slides.maps import map_slide
     from pcam_core.slides.reader import list_slides
@@ -53,20 +56,32 @@ def cmd_slide_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.slides} holds no slide files (.svs, .tif, .ndpi, .mrxs, ...)")
     if not args.annotations.is_dir():
         raise FileNotFoundError(f"annotation folder {args.annotations} does not exist")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be 1 or more, got {args.top_k}")
+    outlines = {}  # read and checked before any slide is mapped: a bad file fails at once
+    for path in slides:
+        found = annotation_for(path, args.annotations)
+        outlines[path] = read_annotations(found) if found else None
+    unmatched = sorted({p.name for p in args.annotations.iterdir() if p.suffix.lower() in ANNOTATION_SUFFIXES}
+                       - {f"{s.stem}{suffix}" for s in slides for suffix in ANNOTATION_SUFFIXES})
+    if unmatched:
+        print(f"note: {len(unmatched)} outline file(s) name no slide here (a slide without one counts as "
+              f"tumour-free): {', '.join(unmatched[:5])}{' ...' if len(unmatched) > 5 else ''}")
     pairs = []
     for path in slides:
-        outline = annotation_for(path, args.annotations)
         bar = Bar(path.name, unit="cell")
         try:
             slide_map = map_slide(args.checkpoint, path, stride=args.stride, tta=args.tta, mpp=args.mpp,
                                   device=args.device, progress=bar)
         finally:
             bar.close()
-        pairs.append((slide_map, read_annotations(outline) if outline else None))
+        pairs.append((slide_map, outlines[path]))
     table, summary = evaluate_maps(pairs, args.top_k)
     args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "slides.csv", index=False)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with atomic_write(args.out / "slides.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_text(args.out / "summary.json", json.dumps(summary, indent=2, default=str).replace("NaN", "null")
+               + "\n")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     cell = summary["cell"]
     print(f"cells: ROC AUC {cell['roc_auc']:.3f} ({cell['roc_auc_ci'][0]:.3f}-{cell['roc_auc_ci'][1]:.3f}), "

@@ -8,11 +8,12 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     from pcam_core.inference.infer import held_out_auc
-    from pcam_core.models.export import export_wsinfer
+    from pcam_core.models.export import check_out, export_wsinfer
 
     if len(args.checkpoint) != 1:
         raise ValueError("a WSInfer model is one network: give one --checkpoint (ensembles and TTA are not "
                          "part of WSInfer's model contract)")
+    check_out(args.out)  # before the held-out patches are predicted: a wrong folder is said at once
     held_out = held_out_auc(args.checkpoint[0])
     out = export_wsinfer(args.checkpoint[0], args.out, held_out)
     auc = f"held-out AUC {held_out['auc']:.4f}" if held_out else "held-out AUC not measured"

@@ -1,8 +1,9 @@
 """A trained model handed to QuPath users: a WSInfer model folder (wsinfer-zoo config spec 1.0).
 
-The folder holds `config.json` (architecture, two classes ["Other", "Tumor"], 96 px patches at the run's
-scale, and the transforms Resize -> ToTensor -> Normalize with the run's normalisation),
-`torchscript_model.pt` (traced on the CPU, in eval mode, float32, not frozen) and a `README.md` model card.
+The folder holds `config.json` (architecture, two classes ["Other", "Tumor"], 96 px patches at PCam's
+scale or the `mpp` in the checkpoint's config, and the transforms Resize -> ToTensor -> Normalize with the
+run's normalisation), `torchscript_model.pt` (traced on the CPU, in eval mode, float32, not frozen) and a
+`README.md` model card.
 
 Our networks give one tumour logit z. QuPath's WSInfer extension always applies softmax to the output, so a
 one-logit model would show 1.0 on every tile (qupath/qupath-extension-wsinfer#69): the exported module
@@ -25,11 +26,11 @@ from pcam_core.geometry import PATCH, PCAM_MPP
 from pcam_core.models.registry import Classifier, load
 from pcam_core.runs.folder import checkpoint_file
 
-# WSInfer's model contract is TorchScript, which torch now calls deprecated in favour of torch.export
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
 SPEC_VERSION = "1.0"
 CLASS_NAMES = ["Other", "Tumor"]
 EXPORTED = ("config.json", "torchscript_model.pt", "README.md")
+# WSInfer's contract is TorchScript, which torch now calls deprecated in favour of torch.export
+JIT_DEPRECATED = r"`torch\.jit\.\w+` is deprecated"
 
 
 class TwoLogits(nn.Module):
@@ -63,12 +64,22 @@ def trace(classifier: Classifier) -> torch.jit.ScriptModule:
     module = TwoLogits(classifier.module.float().cpu(), classifier.crop).eval()
     example = torch.rand(2, 3, PATCH, PATCH)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=JIT_DEPRECATED, category=FutureWarning)
             traced = torch.jit.trace(module, example, check_trace=True)
-    except Exception as e:  # tracing raises many kinds (RuntimeError, TracingCheckError, ...)
+    except (RuntimeError, TypeError, ValueError, torch.jit.TracingCheckError) as e:
         raise ValueError(f"the {classifier.name} network cannot be traced for TorchScript ({e}); "
                          "export a run of another architecture") from e
     return traced
+
+
+def check_out(out: str | Path) -> Path:
+    """`out` as a folder an export may fill: new, empty, or an earlier export (ValueError otherwise)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(p.name not in EXPORTED for p in out.iterdir())):
+        raise ValueError(f"{out} exists and holds other files: give a new or empty folder (or an earlier "
+                         "export of a model, which is replaced)")
+    return out
 
 
 def model_card(classifier: Classifier, config: dict, held_out: dict | None) -> str:
@@ -116,15 +127,13 @@ def export_wsinfer(checkpoint: str | Path, out: str | Path, held_out: dict | Non
     Raises:
         ValueError: the checkpoint is not one model, cannot be traced, or `out` holds other files.
     """
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(p.name not in EXPORTED for p in out.iterdir())):
-        raise ValueError(f"{out} exists and holds other files: give a new or empty folder (or an earlier "
-                         "export of a model, which is replaced)")
+    out = check_out(out)
     classifier = load(checkpoint_file(checkpoint), device="cpu")
     config = wsinfer_config(classifier)
     traced = trace(classifier)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "torchscript_model.pt") as tmp:
+    with atomic_write(out / "torchscript_model.pt") as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=JIT_DEPRECATED, category=FutureWarning)
         torch.jit.save(traced, str(tmp))
     write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     write_text(out / "README.md", model_card(classifier, config, held_out))

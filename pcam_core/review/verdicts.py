@@ -158,6 +158,8 @@ class ReviewStore:
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
+                # made here, not on opening: a store on a full disk still opens to be read
+                con.execute("CREATE INDEX IF NOT EXISTS tags_patch ON tags (dataset, tag, patch_id)")
                 before = con.total_changes
                 con.executemany("INSERT INTO tags (dataset, patch_id, tag, reviewer, created) "
                                 "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM tags "
@@ -241,7 +243,8 @@ def review_table(store, split: str, verdicts: pd.DataFrame, preds: pd.DataFrame 
         store: the PatchStore.
         split: a split name of the store.
         verdicts: `ReviewStore.latest(dataset)`: one current verdict per patch id.
-        preds: a predictions table (index, prob, spread) covering the split, or None without a model.
+        preds: a predictions table (index, prob, spread) of the split, or None without a model; rows it
+            lacks (a split still being scored) get NaN prob and priority, which no model filter keeps.
     """
     idx = store.split_indices(split)
     table = pd.DataFrame({"index": idx, "id": store.ids[idx], "label": store.labels[idx]})

@@ -88,35 +88,41 @@ def _collect(source: Path, parts: list[tuple[str | None, shapely.Geometry | None
 
 
 def read_geojson(path: Path) -> Annotations:
+    """A slide's outlines from QuPath GeoJSON (ValueError naming the file when it is not that)."""
     try:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path.name} is not GeoJSON ({e}); export the annotations from QuPath as GeoJSON") \
             from e
     if isinstance(data, dict) and data.get("type") == "FeatureCollection":
-        features = data.get("features", [])
+        features = data.get("features")
     elif isinstance(data, dict) and data.get("type") == "Feature":
         features = [data]
-    elif isinstance(data, list) and all(isinstance(f, dict) and f.get("type") == "Feature" for f in data):
+    elif isinstance(data, list):
         features = data  # QuPath before 0.4 wrote a bare list of Features
     else:
         kind = data.get("type") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path.name} is GeoJSON of type {kind!r}, not a FeatureCollection of annotated "
                          "polygons; export the annotations from QuPath (File > Export objects as GeoJSON)")
+    if not isinstance(features, list) or not all(isinstance(f, dict) and f.get("type") == "Feature"
+                                                  for f in features):
+        raise ValueError(f"{path.name}: its features are not a list of GeoJSON Features; export the "
+                         "annotations from QuPath as GeoJSON")
     parts = []
     for feature in features:
-        props = feature.get("properties") or {}
+        props = feature.get("properties") if isinstance(feature.get("properties"), dict) else {}
         cls = props.get("classification")
         name = cls.get("name") if isinstance(cls, dict) else cls if isinstance(cls, str) else None
         try:
             geometry = shape(feature["geometry"]) if feature.get("geometry") else None
-        except (KeyError, TypeError, ValueError, shapely.errors.GEOSException):
-            geometry = None
+        except (KeyError, TypeError, ValueError, AttributeError, shapely.errors.GEOSException):
+            geometry = None  # not a geometry shapely reads: counted as skipped
         parts.append((name, geometry))
     return _collect(path, parts)
 
 
 def read_asap(path: Path) -> Annotations:
+    """A slide's outlines from ASAP XML, Camelyon16's format (ValueError naming the file when it is not)."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as e:
@@ -126,8 +132,12 @@ def read_asap(path: Path) -> Annotations:
                          "(<ASAP_Annotations>); give a Camelyon16-style XML or QuPath GeoJSON")
     parts = []
     for annotation in root.iter("Annotation"):
-        points = sorted(((int(c.get("Order", i)), float(c.get("X")), float(c.get("Y")))
-                         for i, c in enumerate(annotation.iter("Coordinate"))), key=lambda p: p[0])
+        try:
+            points = sorted(((int(c.get("Order", i)), float(c.get("X")), float(c.get("Y")))
+                             for i, c in enumerate(annotation.iter("Coordinate"))), key=lambda p: p[0])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path.name}: annotation {annotation.get('Name')!r} has a coordinate that is "
+                             f"not a number ({e}); ASAP writes X=\"123.4\" Y=\"567.8\"") from e
         ok = annotation.get("Type", "Polygon") in ("Polygon", "Spline", "Rectangle") and len(points) >= 3
         parts.append((annotation.get("PartOfGroup"), shapely.Polygon([(x, y) for _, x, y in points])
                       if ok else None))

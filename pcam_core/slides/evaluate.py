@@ -1,5 +1,8 @@
 """Tumour maps scored against a pathologist's outlines, as the Camelyon16 challenge scored them.
 
+Exclusions: a cell whose centre lies in one is left out of the cell metrics; for the FROC an exclusion is
+tissue that is not tumour, as in Camelyon16's evaluation mask, so a detection there is a false positive.
+
 - Cells: every scored cell labelled by PCam's rule (`annotations.cell_labels`); ROC AUC and PR AUC over
   the cells of all slides, with percentile bootstrap intervals.
 - Slides: a slide's score is its highest cell P (or, with `top_k`, the mean of its k highest); a slide is
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ from pcam_core.geometry import PCAM_MPP
 from pcam_core.inference.metrics import auc_ci, pr_auc, pr_auc_ci, roc_auc
 from pcam_core.slides.annotations import Annotations, cell_labels, longest_axis
 
+log = logging.getLogger(__name__)
 FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 DILATION_UM = 75.0
 ITC_UM = 200.0
@@ -40,7 +45,9 @@ class SlideLesions:
 
 
 def slide_score(probs: np.ndarray, top_k: int | None = None) -> float:
-    """The slide's P(tumour): its highest cell P, or the mean of its `top_k` highest."""
+    """The slide's P(tumour): its highest cell P, or the mean of its `top_k` (1 or more) highest."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be 1 or more, got {top_k}")
     probs = np.sort(np.asarray(probs, np.float64)[np.isfinite(probs)])[::-1]
     if not len(probs):
         return float("nan")
@@ -122,7 +129,7 @@ def score_map(slide_map, annotations: Annotations | None, top_k: int | None = No
     cells = cells[np.isfinite(cells["prob"])].reset_index(drop=True)
     rows, cols = local_maxima(slide_map.prob)
     x, y, size = grid.cell_box(rows, cols)
-    mpp = meta.get("model_mpp", PCAM_MPP) / meta["scale"]  # um per level-0 pixel
+    mpp = meta.get("model_mpp", PCAM_MPP) / meta["scale"]  # um per level-0 px (meta's "mpp": the typed one)
     lesions = match_lesions(x + size / 2, y + size / 2, slide_map.prob[rows, cols], annotations, mpp)
     tumour = annotations is not None and not annotations.tumour.is_empty
     row = {"slide": name, "annotated": annotations is not None, "tumour": int(tumour),
@@ -136,12 +143,19 @@ def score_map(slide_map, annotations: Annotations | None, top_k: int | None = No
 def evaluate_maps(maps_and_outlines: list, top_k: int | None = None) -> tuple[pd.DataFrame, dict]:
     """Maps (each with its outlines, or None for a tumour-free slide) scored together: the per-slide table
     and the summary (cells, slides, FROC)."""
+    if not maps_and_outlines:
+        raise ValueError("no slide maps to evaluate")
     scored = [score_map(m, a, top_k) for m, a in maps_and_outlines]
     table = pd.DataFrame([row for _, row, _ in scored])
+    blank = table["score"].isna()  # no cell scored: no slide score, left out of the slide AUC
+    if blank.any():
+        log.warning("no scored cell on %s: left out of the slide ROC AUC",
+                    ", ".join(table.loc[blank, "slide"]))
     cells = pd.concat([c for c, _, _ in scored], ignore_index=True)
     summary = {"slides": len(table), "tumour_slides": int(table["tumour"].sum()),
                "slide_score": f"mean of the top {top_k} cells" if top_k else "highest cell P",
                "cell": cell_metrics(cells["label"].to_numpy(), cells["prob"].to_numpy()),
-               "slide_roc_auc": slide_metrics(table["tumour"].to_numpy(), table["score"].to_numpy()),
+               "slide_roc_auc": slide_metrics(table.loc[~blank, "tumour"].to_numpy(),
+                                              table.loc[~blank, "score"].to_numpy()),
                "froc": froc([lesions for _, _, lesions in scored])}
     return table, summary
