@@ -3,6 +3,7 @@ reviewer goes Browse -> Inspect -> Agree and the verdict lands in the store. Scr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -163,7 +164,9 @@ def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_serv
         settle(page)
         page.screenshot(path=shots / "slide-map.png")
         # the hottest cell of the map the page wrote, clicked where plotly draws it
-        meta = next(Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json"))
+        slide_path = (tmp_path / "slides" / "demo.tif").resolve()  # other tests' maps share the cache
+        meta = next(m for m in Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json")
+                    if Path(json.loads(m.read_text()).get("slide", "")).resolve() == slide_path)
         slide_map = load_map(meta.parent)
         row, col = np.unravel_index(np.nanargmax(slide_map.prob), slide_map.prob.shape)
         size = slide_map.grid.cell_size
