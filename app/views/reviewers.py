@@ -52,8 +52,8 @@ if queue.empty:
     st.caption("No patch has a Yes and a No from different reviewers (Unsure counts for nothing).")
 else:
     st.caption(f"{ties:,} tie{'s' * (ties != 1)} (the conflicts left out of training below) and "
-               f"{len(queue) - ties:,} settled by a majority; a Yes and a No on one patch, Unsure counting for "
-               "nothing.")
+               f"{len(queue) - ties:,} settled by a majority; a Yes and a No on one patch, Unsure counting "
+               "for nothing.")
     st.dataframe(queue, hide_index=True, key="reviewers_conflicts")
     if st.button(f"Review the {len(queue):,} disagreements in Inspect", key="reviewers_open", type="primary",
                  help="Inspect walks the queue: the most even splits first."):
