@@ -44,7 +44,7 @@ def test_dzi_levels_and_tiles_line_up_with_level_0_and_the_grid(demo_slide):
         assert len(levels) == math.ceil(math.log2(max(w, h))) + 1 and levels[-1] == (w, h)  # DZI px = level 0
         xml = server.dzi(token)
         assert f'Width="{w}"' in xml and f'Height="{h}"' in xml and f'TileSize="{TILE_SIZE}"' in xml
-        deepest = server._offered(token).deepzoom
+        deepest = server.generator(token)
         assert deepest.level_tiles[-1] == (math.ceil(w / TILE_SIZE), math.ceil(h / TILE_SIZE))
         # a map cell at stride 32 -> its level-0 box -> the deepest tile holding its centre
         grid = Grid.of(slide, 32)
@@ -60,7 +60,7 @@ def test_a_deepest_png_tile_is_the_slides_own_pixels(demo_slide):
     for path in slides_to_check(demo_slide):
         token = server.offer(path)
         level = len(server.levels(token)) - 1
-        deepzoom = server._offered(token).deepzoom
+        deepzoom = server.generator(token)
         for col, row in ((0, 0), (1, 1), (deepzoom.level_tiles[level][0] - 1, 0)):
             tile = np.asarray(Image.open(io.BytesIO(server.tile(token, level, col, row, "png"))))
             location, _, size = deepzoom.get_tile_coordinates(level, (col, row))
@@ -101,7 +101,7 @@ def test_a_replaced_slide_gets_a_new_token_and_a_damaged_one_grey_tiles(demo_sli
     damaged.write_bytes(data[: len(data) * 2 // 3])  # the last tiles' bytes are gone
     token = server.offer(damaged)
     level = len(server.levels(token)) - 1
-    cols, rows = server._offered(token).deepzoom.level_tiles[level]
+    cols, rows = server.generator(token).level_tiles[level]
     tiles = [server.tile(token, level, c, r, "png") for c in range(cols) for r in range(rows)]
     assert all(Image.open(io.BytesIO(t)).mode == "RGB" for t in tiles)
     assert server.failed(token) > 0  # counted, and every tile still came back

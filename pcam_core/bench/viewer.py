@@ -40,7 +40,7 @@ def bench_viewer(data_dir: Path, device: str) -> list[dict]:
         for path in slides:
             cold_server = TileServer()
             token = cold_server.offer(path)
-            deepzoom = cold_server._offered(token).deepzoom
+            deepzoom = cold_server.generator(token)
             for level in range(8, deepzoom.level_count):  # 256 px a side and up
                 cols, rows_ = deepzoom.level_tiles[level]
                 pick = np.linspace(0, cols * rows_ - 1, min(TILES_PER_LEVEL, cols * rows_)).astype(int)

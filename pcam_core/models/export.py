@@ -53,7 +53,7 @@ def wsinfer_config(classifier: Classifier) -> dict:
     norm = classifier.normalization
     return {"spec_version": SPEC_VERSION, "architecture": classifier.name, "num_classes": len(CLASS_NAMES),
             "class_names": CLASS_NAMES, "patch_size_pixels": PATCH,
-            "spacing_um_px": float(classifier.config.get("mpp", PCAM_MPP)),
+            "spacing_um_px": classifier.mpp,
             "transform": [{"name": "Resize", "arguments": {"size": PATCH}}, {"name": "ToTensor"},
                           {"name": "Normalize", "arguments": {"mean": [float(v) for v in norm["mean"]],
                                                               "std": [float(v) for v in norm["std"]]}}]}

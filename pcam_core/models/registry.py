@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pcam_core.geometry import PATCH
+from pcam_core.geometry import PATCH, PCAM_MPP
 from pcam_core.runs.folder import checkpoint_file, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -275,6 +275,11 @@ class Classifier:
     crop: int = PATCH
     config: dict = field(default_factory=dict)
     source: Path | None = None
+
+    @property
+    def mpp(self) -> float:
+        """The scale the network learned at, in um per pixel: its config's `mpp`, else PCam's."""
+        return float(self.config.get("mpp", PCAM_MPP))
 
     @classmethod
     def new(cls, name: str, crop: int = PATCH, pretrained: bool = False) -> Classifier:

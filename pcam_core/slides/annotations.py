@@ -25,7 +25,7 @@ import pandas as pd
 import shapely
 from shapely.geometry import shape
 
-from pcam_core.slides.reader import Grid
+from pcam_core.slides.reader import MIN_TISSUE, Grid
 
 TUMOUR_CLASSES = {"tumor", "tumour", "metastasis", "metastases", "_0", "_1"}
 EXCLUSION_CLASSES = {"exclusion", "_2", "ignore"}
@@ -173,7 +173,7 @@ def centre_boxes(grid: Grid, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def cell_labels(grid: Grid, annotations: Annotations, tissue: np.ndarray | None = None,
-                min_tissue: float = 0.25) -> pd.DataFrame:
+                min_tissue: float = MIN_TISSUE) -> pd.DataFrame:
     """PCam's label of every cell with tissue: LABEL_COLUMNS (x, y, size: the cell's level-0 box)."""
     rows, cols = np.nonzero(np.ones((grid.rows, grid.cols), bool) if tissue is None else tissue >= min_tissue)
     boxes = centre_boxes(grid, rows, cols)

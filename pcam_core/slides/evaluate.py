@@ -29,6 +29,7 @@ import shapely
 from pcam_core.geometry import PCAM_MPP
 from pcam_core.inference.metrics import auc_ci, pr_auc, pr_auc_ci, roc_auc
 from pcam_core.slides.annotations import Annotations, cell_labels, longest_axis
+from pcam_core.slides.reader import MIN_TISSUE
 
 log = logging.getLogger(__name__)
 FROC_RATES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -121,10 +122,8 @@ def score_map(slide_map, annotations: Annotations | None, top_k: int | None = No
     name = Path(meta.get("slide", slide_map.folder.name)).name
     if annotations is not None:
         annotations.check_fits(tuple(meta["size"]), name)
-        cells = cell_labels(grid, annotations, slide_map.tissue, meta.get("min_tissue", 0.25))
-    else:
-        cells = cell_labels(grid, Annotations(slide_map.folder, shapely.Polygon(), shapely.Polygon()),
-                            slide_map.tissue, meta.get("min_tissue", 0.25))
+    outlines = annotations or Annotations(slide_map.folder, shapely.Polygon(), shapely.Polygon())  # none
+    cells = cell_labels(grid, outlines, slide_map.tissue, meta.get("min_tissue", MIN_TISSUE))
     cells["prob"] = slide_map.prob[cells["row"], cells["col"]]
     cells = cells[np.isfinite(cells["prob"])].reset_index(drop=True)
     rows, cols = local_maxima(slide_map.prob)

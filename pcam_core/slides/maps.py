@@ -42,7 +42,6 @@ from pcam_core.slides.demo import synthetic_model_warning
 from pcam_core.slides.export import write_outputs
 from pcam_core.slides.reader import (
     MIN_TISSUE,
-    PCAM_MPP,
     STRIDES,
     Grid,
     Slide,
@@ -246,7 +245,7 @@ def map_slide(checkpoints: Sequence, slide_path, stride: int = 32, tta: int = 1,
     """
     _check_options(stride, tta, min_tissue, workers, batch_size)
     classifiers = [load(c) for c in checkpoints]
-    scales = {float(c.config.get("mpp", PCAM_MPP)) for c in classifiers}
+    scales = {c.mpp for c in classifiers}
     if len(scales) > 1:
         raise ValueError(f"the ensemble's models were trained at different scales ({sorted(scales)} um/px)")
     slide = open_slide(slide_path, mpp, scales.pop())

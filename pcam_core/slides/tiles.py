@@ -81,6 +81,10 @@ class TileServer:
         """The DZI descriptor (XML) of an offered slide; KeyError for a token that names none."""
         return self._offered(token).deepzoom.get_dzi(fmt)
 
+    def generator(self, token: str) -> DeepZoomGenerator:
+        """The slide's Deep Zoom generator (its levels, tiles and their level-0 boxes)."""
+        return self._offered(token).deepzoom
+
     def levels(self, token: str) -> list[tuple[int, int]]:
         """(width, height) of each DZI level, smallest first; the last is level 0 of the slide."""
         return list(self._offered(token).deepzoom.level_dimensions)
