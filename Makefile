@@ -24,7 +24,7 @@ demo: $(DEMO)/train_labels.csv
 
 run: install $(if $(filter $(DEMO),$(DATA)),demo)
 	$(if $(filter $(DEMO),$(DATA)),$(BIN)/python scripts/first_model.py $(DEMO))
-	PCAM_DATA=$(abspath $(DATA)) $(BIN)/streamlit run app/streamlit_app.py --server.port $(PORT)
+	PCAM_DATA=$(abspath $(DATA)) $(BIN)/streamlit run app/server.py --server.port $(PORT)
 
 test: install
 	$(BIN)/ruff check .

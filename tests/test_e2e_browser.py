@@ -60,7 +60,7 @@ def serve(demo_dir: Path, runs: Path, tmp_path: Path, **extra: str):
     env = {**os.environ, "PCAM_DATA": str(demo_dir), "PCAM_RUNS_DIR": str(runs),
            "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite"), **extra}
     env.pop("PCAM_SAMPLE_DIR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/server.py",
                              "--server.port", str(port), "--server.headless", "true"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://localhost:{port}"

@@ -3,16 +3,21 @@ on the same origin and port as the pages (no second port, no CORS).
 
     GET /tiles/{token}.dzi                              the DZI XML
     GET /tiles/{token}_files/{level}/{col}_{row}.jpeg   a tile (.png too)
+    GET /tiles/maps/{token}.png                         a tumour map, one grey pixel per cell (`map_png`)
+    GET /viewer/openseadragon.min.js                    the viewer's bundle (app/viewer/static, pinned)
 
 A token names a slide the page offered (`SERVER.offer(path)`), never a path: anything else is a 404. Tiles
 are made in at most two threads at a time, so a viewer streaming tiles never takes every thread from the
 pages on a 2-core machine. Responses may be cached for a day: a token changes when its slide does.
 """
 
+from pathlib import Path
+
 from anyio import CapacityLimiter, to_thread
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from pcam_core.slides.tiles import FORMATS, TileServer
 
@@ -48,5 +53,16 @@ async def tile(request: Request) -> Response:
     return Response(data, media_type=FORMATS[params["fmt"]], headers=CACHE)
 
 
-ROUTES = [Route("/tiles/{token}.dzi", dzi),
-          Route("/tiles/{token}_files/{level:int}/{col:int}_{row:int}.{fmt}", tile)]
+async def tumour_map(request: Request) -> Response:
+    try:
+        data = SERVER.map(request.path_params["token"])
+    except KeyError:
+        return Response("no such map", status_code=404)
+    return Response(data, media_type="image/png", headers=CACHE)
+
+
+BUNDLE = Path(__file__).resolve().parents[1] / "viewer" / "static"
+ROUTES = [Route("/tiles/maps/{token}.png", tumour_map),
+          Route("/tiles/{token}.dzi", dzi),
+          Route("/tiles/{token}_files/{level:int}/{col:int}_{row:int}.{fmt}", tile),
+          Mount("/viewer", StaticFiles(directory=BUNDLE), name="viewer")]

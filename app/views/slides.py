@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from app.widgets import annotations, images, patch_panel, sidebar, slides, ui
+from app.widgets import annotations, images, patch_panel, sidebar, slides, ui, viewer
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
 from pcam_core.slides.cache import job_state
@@ -15,6 +15,7 @@ from pcam_core.slides.demo import synthetic_model_warning
 from pcam_core.slides.export import THRESHOLD, cell_id
 from pcam_core.slides.maps import map_slide
 from pcam_core.slides.reader import STRIDES, Grid, MissingScale
+from pcam_core.slides.regions import hot_spots
 
 ui.header("Slides", "A whole-slide image scored cell by cell: every 32x32 centre gets P(tumour) from the "
                     "96x96 around it, as PCam labels patches. Click the map to open the patch there.")
@@ -156,11 +157,12 @@ if "slides_cell" not in st.session_state and st.query_params.get("cell", "").cou
         pass
 
 
-view = st.columns([1, 1, 2])
-opacity = view[0].slider("Map opacity", 0.0, 1.0, 0.55, 0.05, key="slides_opacity")
-threshold = view[1].slider("Contour at P", 0.05, 0.95, THRESHOLD, 0.05, key="slides_threshold")
+slide_key = f"slide:{Path(path).resolve()}"  # the verdicts' dataset: the slide; their patch id: the window
+view = st.columns([1, 3])
+threshold = view[0].slider("Threshold P", 0.05, 0.95, THRESHOLD, 0.05, key="slides_threshold", **kept,
+                           help="Cells under it are clear on the map; the contour and hot spots follow it.")
 tumour_cells = int((slide_map.prob >= threshold).sum())
-view[2].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at P >= {threshold:.2f}"
+view[1].markdown(f"{slide_map.scored:,} cells scored · **{tumour_cells:,}** at P >= {threshold:.2f}"
                  + (f" · {slide_map.meta.get('failed', 0):,} unreadable, skipped"
                     if slide_map.meta.get("failed") else ""))
 chosen = st.session_state.get("slides_cell")
@@ -168,21 +170,32 @@ selected = chosen[:2] if chosen and chosen[2:] == (path, stride) else None
 if selected is not None and not (0 <= selected[0] < slide_map.prob.shape[0]
                                  and 0 <= selected[1] < slide_map.prob.shape[1]):
     selected = None  # a link's cell that this map does not have
-uri, down, thumb_size = slides.thumbnail_uri(path, mtime, mpp)
 outlines = annotations.current(path, slide.size)
-figure = slides.map_figure(slide_map, uri, down, thumb_size, opacity, threshold, selected,
-                           annotations.outline_traces(outlines) if outlines else None)
-event = st.plotly_chart(figure, key="slides_map", on_select="rerun", selection_mode="points",
-                        config={"scrollZoom": True, "displaylogo": False})
-clicked = slides.clicked_cell(event, slide_map)
-if clicked is not None and clicked != st.session_state.get("slides_last_click"):
-    st.session_state["slides_last_click"] = clicked
-    pick_cell(*clicked)
-    selected = clicked
-st.caption("Scroll or drag to zoom, double-click to reset; click a cell to open its patch below.")
+marks = viewer.marks(ui.current_verdicts(slide_key), slide_map)
+drawn = slides.drawn_regions(slide_key)
+spots = hot_spots(slide_map.prob, slide_map.grid, slide.mpp, threshold)
+try:
+    shown = viewer.slide_viewer(slide, slide_map, threshold, selected, marks, drawn, spots,
+                                annotations.outline_rings(outlines) if outlines else [])
+except ValueError as e:  # the slide cannot be opened for tiles
+    st.error(str(e))
+    st.stop()
+if shown.cell and tuple(shown.cell.values()) != selected:
+    pick_cell(shown.cell["row"], shown.cell["col"])
+    selected = (int(shown.cell["row"]), int(shown.cell["col"]))
+if shown.region:
+    slides.keep_region(slide_key, shown.region, ctx.reviewer)
+st.caption("Drag to pan, scroll to zoom; click a cell to open its patch below. Keys (click the slide first): "
+           "H map on/off, [ and ] opacity, N next hot spot not reviewed, arrows pan, + and - zoom, 0 whole "
+           "slide. Hot spots: connected cells at P >= the threshold, by peak P; ticked once a cell in it has "
+           "a verdict. Marks: red tumour, green normal, orange unsure; your drawn regions in pink (tumour) "
+           "and teal (not tumour).")
+
+with st.expander(f"Drawn regions ({len(drawn)})", expanded=False):
+    slides.region_table(slide_key, drawn, slide_map, ctx.reviewer)
 
 with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlines else ""),
-                 expanded=outlines is not None and selected is None):
+                 expanded=False):
     if outlines is not None:
         st.caption(annotations.outline_summary(outlines))
         annotations.scores(slide_map, outlines)
@@ -192,21 +205,7 @@ with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlin
                    "against it.")
     annotations.upload(path, slide.size)
 
-with st.expander("Top-scoring cells", expanded=selected is None):
-    prob = np.nan_to_num(slide_map.prob, nan=-1.0)
-    order = np.argsort(-prob, axis=None)[:24]
-    grid_cols = st.columns(8)
-    for i, flat in enumerate(order):
-        row, col = divmod(int(flat), slide_map.prob.shape[1])
-        with grid_cols[i % 8]:
-            st.image(images.with_centre_box(slides.window(path, mtime, mpp, stride, row, col), 1),
-                     width="stretch", caption=f"P {slide_map.prob[row, col]:.3f}")
-            st.button("Open", key=f"slides_top_{i}", on_click=pick_cell, args=(row, col), width="stretch")
-
 # ---- the chosen cell ----------------------------------------------------------------------------------
-slide_key = f"slide:{Path(path).resolve()}"  # the verdicts' dataset: the slide; their patch id: the window
-
-
 def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
     try:
         ui.review_store().record(slide_key, patch, verdict, ctx.reviewer,
@@ -277,20 +276,24 @@ with st.expander("Downloads and export"):
     for column, (name, mime) in zip(files, outputs, strict=True):
         file = slide_map.folder / name
         if file.is_file():
-            column.download_button(name, file.read_bytes(), file_name=f"{slide.name}-{name}", mime=mime,
+            data = slides.regions_download(slide_map, drawn, slide.size) if name == "cells.geojson" else \
+                file.read_bytes()
+            column.download_button(name, data, file_name=f"{slide.name}-{name}", mime=mime,
                                    key=f"slides_download_{name}", icon=":material/download:")
     st.caption("cells.geojson imports into QuPath (File > Import objects): cells at P >= 0.5 as detections "
-               "with P(tumour) as a measurement, tumour regions as annotations, in level-0 pixels.")
+               "with P(tumour) as a measurement, tumour regions as annotations and the regions reviewers "
+               "drew (Tumor / Normal), in level-0 pixels.")
     default = map_folder.parent / f"export-{slide.name}-{datetime.now():%Y%m%d-%H%M}"
     st.session_state.setdefault("slides_export_dir", str(default))
     target = st.text_input("Export cells as a patch dataset to", key="slides_export_dir",
                            help="A new folder in the Kaggle layout: reviewed cells in train/ with labels "
-                                "from the verdicts, the top unreviewed cells in test/.")
+                                "from the verdicts (else from the drawn regions around them), the top "
+                                "unreviewed cells in test/.")
     top = st.number_input("Also the top unreviewed cells", 0, 2000, 48, key="slides_export_top")
     if st.button("Export", key="slides_export", icon=":material/save:"):
         verdicts = ui.current_verdicts(slide_key)
         try:
-            summary = slides.export(slide, slide_map, verdicts, int(top), target)
+            summary = slides.export(slide, slide_map, verdicts, drawn, int(top), target)
         except (ValueError, OSError) as e:
             st.error(f"Export failed: {e}")
         else:

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import shapely
 import streamlit as st
 
@@ -45,23 +44,20 @@ def current(slide_path: str, size: tuple[int, int]) -> Annotations | None:
     return outlines
 
 
-def outline_traces(outlines: Annotations) -> list[go.Scatter]:
-    """The tumour outlines (green) and exclusions (grey, dashed) as lines in level-0 pixels."""
-    traces = []
-    for geometry, colour, dash, name in ((outlines.tumour, "#2ECC40", "solid", "tumour outline"),
-                                         (outlines.exclusion, "#AAAAAA", "dash", "exclusion")):
-        xs, ys = [], []
+def outline_rings(outlines: Annotations) -> list[dict]:
+    """The tumour outlines and exclusions as rings of level-0 points for the viewer (simplified to within
+    a level-0 pixel or two, so a detailed outline stays small)."""
+    rings = []
+    for geometry, kind in ((outlines.tumour, "outline"), (outlines.exclusion, "exclusion")):
         for polygon in getattr(geometry, "geoms", [geometry]):
             if polygon.is_empty or polygon.geom_type != "Polygon":
                 continue
-            for ring in [polygon.exterior, *polygon.interiors]:
-                x, y = ring.xy
-                xs += [*x, None]
-                ys += [*y, None]
-        if xs:
-            traces.append(go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
-                                     line=dict(color=colour, width=2, dash=dash)))
-    return traces
+            outer = shapely.Polygon(polygon.exterior).area
+            holes = [r for r in polygon.interiors if shapely.Polygon(r).area >= 0.01 * outer]  # not specks
+            for ring in [polygon.exterior, *holes]:
+                xy = np.asarray(ring.simplify(1.5).coords).round(1)
+                rings.append({"kind": kind, "points": xy.tolist()})
+    return rings
 
 
 def upload(slide_path: str, size: tuple[int, int]) -> None:

@@ -97,7 +97,7 @@ class ReviewStore:
                              "a new name to start one)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._connect() as con:
+            with self.connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
                 _migrate(con)
@@ -106,7 +106,8 @@ class ReviewStore:
                              "this app wrote, or a new file name to start one") from e
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived autocommit connection to the store's file (the other review tables use it too)."""
         con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
         try:
             con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
@@ -132,7 +133,7 @@ class ReviewStore:
         if not reviewer or not reviewer.strip():
             raise ValueError("a verdict needs a reviewer name: enter yours in the sidebar")
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        with self._connect() as con:
+        with self.connect() as con:
             cur = con.execute(
                 "INSERT INTO verdicts (dataset, patch_id, verdict, note, reviewer, checkpoint, prob, created)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -155,7 +156,7 @@ class ReviewStore:
         created = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         rows = [(dataset, str(p), tag, reviewer.strip(), created, dataset, str(p), tag)
                 for p in dict.fromkeys(patch_ids)]
-        with self._connect() as con:
+        with self.connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
                 # made here, not on opening: a store on a full disk still opens to be read
@@ -173,14 +174,14 @@ class ReviewStore:
 
     def tags(self, dataset: str) -> pd.DataFrame:
         """Each (patch_id, tag) given on a dataset once, with who tagged it first."""
-        with self._connect() as con:
+        with self.connect() as con:
             # SQLite takes the bare columns from the row MIN(seq) picks: the first time the tag was given
             rows = con.execute("SELECT patch_id, tag, reviewer, MIN(seq) FROM tags WHERE dataset = ? "
                                "GROUP BY patch_id, tag ORDER BY tag, MIN(seq)", (dataset,)).fetchall()
         return pd.DataFrame([r[:3] for r in rows], columns=["patch_id", "tag", "reviewer"])
 
     def _query(self, sql: str, params: Sequence) -> pd.DataFrame:
-        with self._connect() as con:
+        with self.connect() as con:
             rows = con.execute(sql, params).fetchall()
         return pd.DataFrame(rows, columns=COLUMNS)
 

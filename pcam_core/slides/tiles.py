@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
@@ -34,6 +35,8 @@ FORMATS = {"jpeg": "image/jpeg", "png": "image/png"}
 ENCODED_TILES = 2048  # about 60 MB of JPEG tiles
 OPENSLIDE_CACHE = 64 * 1024 * 1024  # bytes of decoded slide tiles OpenSlide keeps, shared by the handles
 GREY = (216, 216, 216)
+MAPS = 16  # encoded maps kept for viewers (a few slides x thresholds' worth of reruns)
+NOT_SCORED = 255  # the map PNG's value for a cell without a P (glass, unreadable)
 
 
 @dataclass
@@ -52,6 +55,7 @@ class TileServer:
         self._capacity = encoded_tiles
         self._lock = threading.Lock()
         self._cache = openslide.OpenSlideCache(OPENSLIDE_CACHE)
+        self._maps: OrderedDict[str, bytes] = OrderedDict()
 
     def offer(self, path: str | Path) -> str:
         """The token of `path` for tile requests (the same while the file is unchanged)."""
@@ -128,3 +132,30 @@ class TileServer:
     def failed(self, token: str) -> int:
         """How many tiles of the slide could not be read (served grey)."""
         return self._offered(token).failed
+
+    def offer_map(self, prob: np.ndarray) -> str:
+        """The token of a tumour map for viewers: `map_png(token)` is the map as an 8-bit grey PNG, one pixel
+        per cell, P(tumour) * 254 rounded, NOT_SCORED where a cell has no P. The token is the PNG's hash, so
+        the browser may cache it for good."""
+        data = map_png(prob)
+        token = hashlib.blake2b(data, digest_size=12).hexdigest()
+        with self._lock:
+            self._maps[token] = data
+            self._maps.move_to_end(token)
+            while len(self._maps) > MAPS:
+                self._maps.popitem(last=False)
+        return token
+
+    def map(self, token: str) -> bytes:
+        """The PNG of an offered map; KeyError for a token that names none."""
+        with self._lock:
+            return self._maps[token]
+
+
+def map_png(prob: np.ndarray) -> bytes:
+    """A map of P(tumour) as an 8-bit grey PNG (rows x cols pixels): round(P * 254), NOT_SCORED for NaN."""
+    prob = np.asarray(prob, np.float32)
+    values = np.where(np.isfinite(prob), np.rint(np.clip(np.nan_to_num(prob), 0, 1) * 254), NOT_SCORED)
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.uint8), mode="L").save(buffer, "PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,17 @@
+"""PCam Review as an ASGI app: the pages (`streamlit_app.py`) and the app's own routes on one port.
+
+`streamlit run app/server.py` (what `make run` does) serves the pages and, on the same origin, the slide
+viewer's tiles, maps and bundle (`app.compute.tiles.ROUTES`). `streamlit run app/streamlit_app.py` still
+serves the pages alone, without the viewer's routes.
+"""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app and pcam_core, when run from any folder
+
+from app.compute.tiles import ROUTES  # noqa: E402
+
+app = st.App(str(Path(__file__).with_name("streamlit_app.py")), routes=ROUTES)
