@@ -40,11 +40,14 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     assert not at.exception, at.exception
     text = page_text(at)
     assert "cells scored" in text and "at P >= 0.50" in text.replace("≥", ">=")
-    chart = at.get("plotly_chart")[0]
-    assert chart.proto.spec  # the map figure
-    # the demo slide's outline (demo.geojson beside it) is drawn on the map and the map scored against it
-    names = [trace.get("name") for trace in json.loads(chart.proto.spec)["data"]]
-    assert "tumour outline" in names
+    viewer = next(e for e in at.get("bidi_component") if e.proto.component_name.endswith("slide_viewer"))
+    data = json.loads(viewer.proto.json)
+    # the slide's tiles and map come from the app's routes; the demo slide's outline (demo.geojson beside
+    # it) is drawn over it, and the map is scored against it
+    assert data["dzi"].startswith("/tiles/") and data["map"].startswith("/tiles/maps/")
+    assert data["rows"] * data["cols"] == 32 * 48 and data["cell"] == pytest.approx(32.0)
+    assert any(ring["kind"] == "outline" for ring in data["outlines"])
+    assert data["hotspots"] and data["hotspots"][0]["peak"] > 0.5 and not data["hotspots"][0]["reviewed"]
     assert any(e.label == "Outlines and scores (demo.geojson)" for e in at.expander)
     table = next(f.value for f in at.dataframe if list(f.value.columns) == ["measure", "value"])
     scores = table.set_index("measure")["value"]

@@ -4,6 +4,7 @@ grid, a deepest tile is the slide's own pixels, and the routes serve only what w
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import shutil
@@ -19,7 +20,7 @@ from app.compute.tiles import ROUTES
 from app.compute.tiles import SERVER as ROUTED
 from pcam_core.slides.demo import make_demo_slide
 from pcam_core.slides.reader import Grid, open_slide
-from pcam_core.slides.tiles import OVERLAP, TILE_SIZE, TileServer
+from pcam_core.slides.tiles import NOT_SCORED, OVERLAP, TILE_SIZE, TileServer
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,29 @@ def test_a_replaced_slide_gets_a_new_token_and_a_damaged_one_grey_tiles(demo_sli
     tiles = [server.tile(token, level, c, r, "png") for c in range(cols) for r in range(rows)]
     assert all(Image.open(io.BytesIO(t)).mode == "RGB" for t in tiles)
     assert server.failed(token) > 0  # counted, and every tile still came back
+
+
+def test_a_map_is_served_as_one_grey_pixel_per_cell_and_the_bundle_beside_it():
+    prob = np.array([[0.0, 0.5, 1.0], [np.nan, 0.25, 0.999]], np.float32)
+    token = ROUTED.offer_map(prob)
+    assert ROUTED.offer_map(prob.copy()) == token  # the same map: the same token (cached for good)
+    client = TestClient(Starlette(routes=ROUTES))
+    reply = client.get(f"/tiles/maps/{token}.png")
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
+    values = np.asarray(Image.open(io.BytesIO(reply.content)))
+    assert values.tolist() == [[0, 127, 254], [NOT_SCORED, 64, 254]]  # round(P * 254); NaN: not scored
+    assert client.get("/tiles/maps/" + "0" * 24 + ".png").status_code == 404
+    bundle = client.get("/viewer/openseadragon.min.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+    assert client.get("/viewer/../compute/tiles.py").status_code == 404
+
+
+def test_the_shipped_bundle_is_the_version_the_lock_file_pins():
+    viewer = Path(__file__).resolve().parents[1] / "app" / "viewer"
+    pinned = json.loads((viewer / "package-lock.json").read_text())["packages"]["node_modules/openseadragon"]
+    head = (viewer / "static" / "openseadragon.min.js").read_text()[:200]
+    assert head.startswith(f"//! openseadragon {pinned['version']}\n"), head
+    assert json.loads((viewer / "package.json").read_text())["dependencies"]["openseadragon"] == \
+        pinned["version"]
+    assert "BSD" in (viewer / "static" / "openseadragon-LICENSE.txt").read_text()[:2000] or \
+        "Redistribution" in (viewer / "static" / "openseadragon-LICENSE.txt").read_text()

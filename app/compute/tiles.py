@@ -61,6 +61,12 @@ async def tumour_map(request: Request) -> Response:
     return Response(data, media_type="image/png", headers=CACHE)
 
 
+def offer(slide_path: Path, prob) -> tuple[str, str]:
+    """The URLs of a slide's DZI and of its map (P per cell) for a viewer on a page; ValueError when the
+    slide cannot be opened for tiles."""
+    return f"/tiles/{SERVER.offer(slide_path)}.dzi", f"/tiles/maps/{SERVER.offer_map(prob)}.png"
+
+
 BUNDLE = Path(__file__).resolve().parents[1] / "viewer" / "static"
 ROUTES = [Route("/tiles/maps/{token}.png", tumour_map),
           Route("/tiles/{token}.dzi", dzi),

@@ -20,7 +20,8 @@ function loadBundle() {
       const script = document.createElement("script");
       script.src = BUNDLE;
       script.onload = resolve;
-      script.onerror = () => reject(new Error("the viewer's bundle did not load from " + BUNDLE));
+      script.onerror = () => reject(new Error("The slide viewer's bundle did not load from " + BUNDLE +
+        ": the app was started without its routes. Start it with `streamlit run app/server.py` (make run does)."));
       document.head.appendChild(script);
     });
   }
@@ -442,7 +443,10 @@ export default function (component) {
     root.style.height = data.height + "px";
     parentElement.appendChild(root);
     root.viewerState = new SlideViewer(root);
-    loadBundle().then(() => root.viewerState.init(), (e) => { root.textContent = e.message; });
+    loadBundle().then(() => root.viewerState.init(), (e) => {
+      root.textContent = e.message;
+      root.className = "pcam-viewer pcv-failed";
+    });
   }
   root.viewerState.update(data, setTriggerValue);
 }

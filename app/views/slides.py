@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from app.compute import tiles
 from app.widgets import annotations, images, patch_panel, sidebar, slides, ui, viewer
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
@@ -175,7 +176,8 @@ marks = viewer.marks(ui.current_verdicts(slide_key), slide_map)
 drawn = slides.drawn_regions(slide_key)
 spots = hot_spots(slide_map.prob, slide_map.grid, slide.mpp, threshold)
 try:
-    shown = viewer.slide_viewer(slide, slide_map, threshold, selected, marks, drawn, spots,
+    urls = tiles.offer(slide.path, slide_map.prob)
+    shown = viewer.slide_viewer(urls, slide, slide_map, threshold, selected, marks, drawn, spots,
                                 annotations.outline_rings(outlines) if outlines else [])
 except ValueError as e:  # the slide cannot be opened for tiles
     st.error(str(e))
@@ -204,6 +206,18 @@ with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlin
                    f"one named {Path(path).stem}.geojson (or .xml) beside the slide, to score the map "
                    "against it.")
     annotations.upload(path, slide.size)
+
+with st.expander("Top-scoring cells", expanded=False):
+    st.caption("The 24 highest P on the slide, each its 96x96 window with the centre 32x32 outlined.")
+    prob = np.nan_to_num(slide_map.prob, nan=-1.0)
+    order = np.argsort(-prob, axis=None)[:24]
+    grid_cols = st.columns(8)
+    for i, flat in enumerate(order):
+        row, col = divmod(int(flat), slide_map.prob.shape[1])
+        with grid_cols[i % 8]:
+            st.image(images.with_centre_box(slides.window(path, mtime, mpp, stride, row, col), 1),
+                     width="stretch", caption=f"P {slide_map.prob[row, col]:.3f}")
+            st.button("Open", key=f"slides_top_{i}", on_click=pick_cell, args=(row, col), width="stretch")
 
 # ---- the chosen cell ----------------------------------------------------------------------------------
 def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.compute.tiles import SERVER
 from pcam_core.slides.export import parse_cell_id
 from pcam_core.slides.maps import SlideMap
 from pcam_core.slides.reader import Slide
@@ -47,15 +46,14 @@ def view_from_url() -> dict | None:
     return {"x": x, "y": y, "zoom": zoom} if zoom > 0 else None
 
 
-def slide_viewer(slide: Slide, slide_map: SlideMap, threshold: float, selected: tuple[int, int] | None,
-                 verdict_marks: list, regions: list, spots: list, outlines: list):
-    """Mounts the viewer; returns its result (`.cell`: {row, col} clicked, `.region`: {kind, points}).
-    ValueError when the slide cannot be opened for tiles."""
+def slide_viewer(urls: tuple[str, str], slide: Slide, slide_map: SlideMap, threshold: float,
+                 selected: tuple[int, int] | None, verdict_marks: list, regions: list, spots: list,
+                 outlines: list):
+    """Mounts the viewer of the slide's tiles and map at `urls` (`app.compute.tiles.offer`); returns its
+    result (`.cell`: {row, col} clicked, `.region`: {kind, points})."""
     reviewed = {r * slide_map.grid.cols + c for r, c, _ in verdict_marks}
-    token = SERVER.offer(slide.path)
-    map_token = SERVER.offer_map(slide_map.prob)
     data = {
-        "dzi": f"/tiles/{token}.dzi", "map": f"/tiles/maps/{map_token}.png",
+        "dzi": urls[0], "map": urls[1],
         "rows": int(slide_map.prob.shape[0]), "cols": int(slide_map.prob.shape[1]),
         "cell": float(slide_map.grid.cell_size), "mpp": float(slide.mpp), "threshold": float(threshold),
         "selected": list(selected) if selected else None, "marks": verdict_marks, "height": HEIGHT,
