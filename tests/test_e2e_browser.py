@@ -13,13 +13,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from pcam_core.review import regions
 from pcam_core.review.verdicts import ReviewStore
 from pcam_core.slides.cache import load_map
 from pcam_core.slides.demo import make_demo_slide
 from pcam_core.slides.export import parse_cell_id
+from pcam_core.slides.regions import hot_spots
 
 pytest_plugins = ["apptest"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -148,56 +149,98 @@ def test_every_page_loads_and_a_verdict_reaches_the_store(server, demo_dir, tmp_
     print(f"screenshots in {shots}")
 
 
-def test_a_slide_is_scored_a_hot_spot_clicked_and_its_verdict_stored(slides_server, tmp_path):
+def viewer_state(page, expression: str):
+    """Evaluates `expression` on the slide viewer's state (`s`) in the page."""
+    return page.evaluate(f"() => {{ const s = document.querySelector('.pcam-viewer').viewerState; "
+                         f"return {expression}; }}")
+
+
+def cell_on_screen(page, row: int, col: int) -> tuple[float, float]:
+    """The page coordinates of the centre of map cell (row, col) in the viewer as it is drawn now."""
+    return tuple(viewer_state(page, f"""(() => {{ const t = s.transform(), r = s.view.getBoundingClientRect();
+        return [r.left + t.x + ({col} + 0.5) * s.data.cell * t.scale,
+                r.top + t.y + ({row} + 0.5) * s.data.cell * t.scale]; }})()"""))
+
+
+def test_a_slide_is_viewed_a_hot_spot_opened_a_verdict_and_a_region_kept(slides_server, tmp_path):
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 2400})
+        sent = []  # what the page sends the server: a rerun is a message on the websocket
+        page.on("websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(frame)))
         page.goto(f"{slides_server}/slides")
         settle(page)
         page.get_by_label("Reviewer", exact=True).fill("Dr Slide")
         page.get_by_label("Reviewer", exact=True).press("Enter")
         settle(page)
         page.get_by_role("button", name="Score this slide").click()
-        page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+        page.wait_for_selector(".pcv-view[data-loaded=yes]", timeout=120_000)
         settle(page)
-        page.screenshot(path=shots / "slide-map.png")
-        # the hottest cell of the map the page wrote, clicked where plotly draws it
+        page.screenshot(path=shots / "slide-viewer.png")
         slide_path = (tmp_path / "slides" / "demo.tif").resolve()  # other tests' maps share the cache
         meta = next(m for m in Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json")
                     if Path(json.loads(m.read_text()).get("slide", "")).resolve() == slide_path)
         slide_map = load_map(meta.parent)
-        row, col = np.unravel_index(np.nanargmax(slide_map.prob), slide_map.prob.shape)
-        size = slide_map.grid.cell_size
-        x, y = page.evaluate("""([x, y]) => {
-            const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout;
-            const r = gd.getBoundingClientRect();
-            return [r.left + L.xaxis._offset + L.xaxis.d2p(x), r.top + L.yaxis._offset + L.yaxis.d2p(y)];
-        }""", [float((col + 0.5) * size), float((row + 0.5) * size)])
-        page.mouse.click(x, y)
-        page.get_by_role("heading", name=f"Cell r{row} c{col}").wait_for(timeout=60_000)
+        spot = hot_spots(slide_map.prob, slide_map.grid, 0.972, 0.5)[0]
+
+        # the first hot spot, then 1:1: its peak cell is on screen at one screen pixel per slide pixel
+        page.locator(".pcv-hot li").first.click()
+        page.get_by_role("button", name="1:1", exact=True).click()
+        page.wait_for_function("() => Math.abs(document.querySelector('.pcv-view').dataset.magnification"
+                               " - 10 / 0.972) < 0.05", timeout=20_000)
+        page.wait_for_selector(".pcv-view[data-loaded=yes]", timeout=60_000)
+        assert viewer_state(page, f"s.inView([{spot.row}, {spot.col}])")
+        page.screenshot(path=shots / "slide-viewer-1to1.png")
+
+        # opacity and the map on/off are the browser's own: no message to the server, no rerun
+        page.locator(".pcv-view").focus()
+        before = len(sent)
+        page.keyboard.press("]")
+        page.keyboard.press("h")
+        time.sleep(1.5)
+        view = page.locator(".pcv-view")
+        assert view.get_attribute("data-opacity") == "0.65" and view.get_attribute("data-map") == "off"
+        assert len(sent) == before, "a pure view change sent the server a message"
+        page.keyboard.press("h")
+
+        # a click on the cell opens its patch panel
+        page.mouse.click(*cell_on_screen(page, spot.row, spot.col))
+        page.get_by_role("heading", name=f"Cell r{spot.row} c{spot.col}").wait_for(timeout=60_000)
         settle(page)
         assert page.get_by_text("CAM over the patch").count() == 1  # the patch's Grad-CAM is drawn
         page.get_by_role("button", name="Yes", exact=True).click()
         settle(page)
-        page.screenshot(path=shots / "slide-verdict.png")
-        assert errors_on(page) == 0
-        page.reload()  # the slide, its settings and the open cell come back
+        marks = viewer_state(page, "s.data.marks")
+        assert [spot.row, spot.col, "tumour"] in marks  # the verdict shows on the slide
+
+        # a region drawn beside the cell: three corners, Enter
+        page.get_by_role("button", name="Draw not tumour").click()
+        x, y = cell_on_screen(page, spot.row, spot.col)
+        for dx, dy in ((-200, -150), (-80, -150), (-80, -60)):
+            page.mouse.click(x + dx, y + dy)
+        page.keyboard.press("Enter")
+        page.get_by_text("Drawn regions (1)").wait_for(timeout=60_000)
         settle(page)
-        page.get_by_role("heading", name=f"Cell r{row} c{col}").wait_for(timeout=60_000)
+        page.screenshot(path=shots / "slide-region.png")
+        assert errors_on(page) == 0
+        page.reload()  # the slide, the open cell, the view and the region come back
+        settle(page)
+        page.get_by_role("heading", name=f"Cell r{spot.row} c{spot.col}").wait_for(timeout=60_000)
+        page.wait_for_selector(".pcv-view[data-loaded=yes]", timeout=60_000)
+        assert viewer_state(page, "s.data.regions.length") == 1
+        assert viewer_state(page, f"s.inView([{spot.row}, {spot.col}])")
         assert errors_on(page) == 0
         browser.close()
 
-    key = f"slide:{(tmp_path / 'slides' / 'demo.tif').resolve()}"
+    key = f"slide:{slide_path}"
     store = ReviewStore(tmp_path / "reviews.sqlite")
-    deadline = time.monotonic() + 10
-    while store.latest(key).empty and time.monotonic() < deadline:
-        time.sleep(0.2)
     rows = store.latest(key)
     assert rows[["verdict", "reviewer"]].values.tolist() == [["tumour", "Dr Slide"]]
-    grid = slide_map.grid
-    assert parse_cell_id(rows["patch_id"].iloc[0]) == grid.window_box(row, col)  # the clicked cell's window
+    assert parse_cell_id(rows["patch_id"].iloc[0]) == slide_map.grid.window_box(spot.row, spot.col)
+    drawn = regions.current(store, key)
+    assert [(r.kind, r.reviewer, len(r.points)) for r in drawn] == [("normal", "Dr Slide", 3)]
     print(f"screenshots in {shots}")
 
 
