@@ -6,7 +6,7 @@ DEMO := data/demo
 DATA ?= $(DEMO)
 PORT ?= 8501
 
-.PHONY: run test install lint demo clean
+.PHONY: run test install lint demo clean viewer
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,3 +35,9 @@ lint: install
 
 clean:
 	rm -rf $(VENV) $(DEMO)
+
+# The viewer's OpenSeadragon bundle is committed (app/components/static); this rebuilds it from the lock file.
+viewer:
+	cd app/components && npm ci --no-audit --no-fund
+	cp app/components/node_modules/openseadragon/build/openseadragon/openseadragon.min.js app/components/static/
+	cp app/components/node_modules/openseadragon/LICENSE.txt app/components/static/openseadragon-LICENSE.txt

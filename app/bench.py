@@ -7,6 +7,11 @@ page is reported apart from the median of the reruns that follow; the Map page i
 disk (the model-free one, made first when it is not). With `--run` (a run trained on DIR),
 the reviewer's steps with a model: Browse the first time the model is used (its predictions not yet on
 disk), a reload (a new session, predictions cached), the first Inspect, a filter change and 96 per page.
+With `--viewer` (and `--run`), the slide viewer in headless Chromium against the app served as `make run`
+serves it: the time until a 1400 x 900 viewer is fully drawn (OpenSeadragon's fully-loaded) after a jump
+to 1:1 at a random scored place, on a 6,144 x 4,096 demo slide and on CMU-1-Small-Region.svs when
+PCAM_SLIDES_DIR holds it; and a Browse page change (48 patches, from Enter in Page to the new page's
+caption) in a second tab, quiet and while the viewer streams tiles (a jump every 300 ms).
 With `--with-job MODEL`, Browse is timed while a training job of MODEL started through `jobs.start` runs on
 the same machine (`--job-as-before`: started as jobs were before issue 10, at the app's priority with
 OpenMP's default waiting), and the job's own steps per second are reported beside it.
@@ -15,13 +20,19 @@ OpenMP's default waiting), and the job's own steps per second are reported besid
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
+import numpy as np
 from streamlit.testing.v1 import AppTest
 
 ENTRY = Path(__file__).with_name("streamlit_app.py")
@@ -156,6 +167,144 @@ def toggle(at: AppTest, key: str, one, other) -> float:
     return timed(at)
 
 
+JUMP = """async ([x, y]) => {
+    const s = document.querySelector('.pcam-viewer').viewerState, item = s.item();
+    const frame = () => new Promise((r) => requestAnimationFrame(r));
+    const start = performance.now();
+    s.flyTo(x, y, 1, true);
+    await frame(); await frame();  // the tiles the new view needs are asked for
+    while (!item.getFullyLoaded() && performance.now() - start < 30000) await frame();
+    return performance.now() - start;
+}"""
+
+
+def quiet(page, timeout: float = 300) -> None:
+    page.wait_for_selector("h1", timeout=timeout * 1000)
+    deadline, still = time.monotonic() + timeout, 0
+    while still < 4 and time.monotonic() < deadline:
+        still = still + 1 if not page.locator("[data-testid=stStatusWidget]").count() else 0
+        time.sleep(0.25)
+
+
+def map_of(slide: Path) -> Path | None:
+    """The meta.json of the slide's finished map in this bench's cache, if there is one yet."""
+    for meta in Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json"):
+        if Path(json.loads(meta.read_text()).get("slide", "")).resolve() == slide.resolve() and \
+                (meta.parent / "cells.csv").is_file():
+            return meta
+    return None
+
+
+def open_viewer(viewer, url: str, slide: Path) -> Path:
+    """Opens the slide on the Slides page (scored first when needed) with the viewer at 1400 x 900;
+    returns its map's meta.json."""
+    viewer.goto(f"{url}/slides?slides_source=Example+slides&slides_stride=96")
+    quiet(viewer)
+    viewer.get_by_label("Slide", exact=True).click()
+    viewer.get_by_role("option", name=slide.name).click()
+    quiet(viewer)
+    print(f"{slide.name}: scoring", file=sys.stderr, flush=True)
+    if viewer.get_by_role("button", name="Score this slide").count():
+        viewer.get_by_role("button", name="Score this slide").click()
+    deadline = time.monotonic() + 900
+    while (meta := map_of(slide)) is None:  # scored in the page, or by a background job
+        assert time.monotonic() < deadline, f"{slide.name} was not scored in 15 minutes"
+        time.sleep(1)
+    viewer.reload()
+    viewer.wait_for_selector(".pcv-view[data-loaded=yes]", timeout=120_000)
+    viewer.evaluate("() => { const v = document.querySelector('.pcv-view'); v.style.flex = 'none'; "
+                    "v.style.width = '1400px'; v.parentElement.parentElement.style.height = '960px'; }")
+    viewer.wait_for_selector(".pcv-view[data-loaded=yes]")
+    return meta
+
+
+def time_jumps(viewer, slide: Path, meta: Path, repeats: int, rng) -> list[tuple[str, float]]:
+    from pcam_core.slides.cache import load_map
+
+    slide_map = load_map(meta.parent)
+    rows, cols = np.nonzero(np.isfinite(slide_map.prob))
+    size, times = slide_map.grid.cell_size, []
+    for i in rng.choice(len(rows), size=repeats, replace=len(rows) < repeats):
+        times.append(viewer.evaluate(JUMP, [float((cols[i] + 0.5) * size), float((rows[i] + 0.5) * size)]))
+    drawer = viewer.locator(".pcv-view").get_attribute("data-drawer")
+    return [(f"viewer ({drawer} drawer), {slide.name}: jump to 1:1 -> 1400 x 900 fully drawn, median (s)",
+             statistics.median(times) / 1000),
+            (f"viewer, {slide.name}: the same, slowest of {repeats} (s)", max(times) / 1000)]
+
+
+def time_browse(browser, viewer, url: str, repeats: int) -> list[tuple[str, float]]:
+    """A Browse page change in a second tab, quiet and while the viewer streams tiles."""
+    browse = browser.new_page(viewport={"width": 1440, "height": 1100})
+    browse.goto(f"{url}/browse")
+    quiet(browse)
+
+    def page_change(number: int) -> float:
+        start = time.perf_counter()
+        browse.get_by_label("Page", exact=True).fill(str(number))
+        browse.get_by_label("Page", exact=True).press("Enter")
+        browse.get_by_text(f"page {number} of").first.wait_for(timeout=60_000)
+        seconds = time.perf_counter() - start
+        quiet(browse)  # the rerun's last elements in, before the next change
+        return seconds
+
+    page_change(2)
+    rows = [("Browse, a page of 48, quiet: median (s)",
+             statistics.median(page_change(3 + k) for k in range(repeats)))]
+    viewer.evaluate("""() => { const s = document.querySelector('.pcam-viewer').viewerState;
+        const far = (n) => Math.random() * n * s.data.cell;
+        window.streaming = setInterval(() => s.flyTo(far(s.data.cols), far(s.data.rows), 1, true), 300);
+    }""")
+    rows.append(("Browse, a page of 48, while the viewer streams tiles: median (s)",
+                 statistics.median(page_change(3 + repeats + k) for k in range(repeats))))
+    return rows
+
+
+def viewer_timings(url: str, slides: list[Path], repeats: int) -> list[tuple[str, float]]:
+    from playwright.sync_api import sync_playwright
+
+    rows, rng = [], np.random.default_rng(0)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox"])
+        viewer = browser.new_page(viewport={"width": 1900, "height": 1300})
+        for slide in slides:
+            rows += time_jumps(viewer, slide, open_viewer(viewer, url, slide), repeats, rng)
+        rows += time_browse(browser, viewer, url, repeats)
+        browser.close()
+    return rows
+
+
+def viewer_bench(data: Path, run: Path, tmp: Path, repeats: int) -> list[tuple[str, float]]:
+    """Serves the app (`streamlit run app/server.py`) on the demo slide and CMU, and times the viewer."""
+    from pcam_core.slides.demo import make_demo_slide
+    from pcam_core.slides.reader import list_slides
+
+    folder = tmp / "slides"
+    make_demo_slide(folder / "demo-6144.tif", 6144, 4096, seed=0)
+    real = Path(os.environ.get("PCAM_SLIDES_DIR", "")) / "CMU-1-Small-Region.svs"
+    if real.is_file():
+        (folder / real.name).symlink_to(real.resolve())
+    env = {**os.environ, "PCAM_SLIDES_DIR": str(folder), "PCAM_CACHE_DIR": str(tmp / "cache")}
+    os.environ["PCAM_CACHE_DIR"] = env["PCAM_CACHE_DIR"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.port",
+                               str(port), "--server.headless", "true"], cwd=ENTRY.parents[1], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        return viewer_timings(url, list_slides(folder), repeats)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, type=Path, help="dataset folder (packed beforehand)")
@@ -163,11 +312,16 @@ def main() -> None:
     p.add_argument("--run", type=Path, help="a run trained on --data: also time the steps with its model")
     p.add_argument("--with-job", metavar="MODEL", help="time Browse while a training job of MODEL runs")
     p.add_argument("--job-as-before", action="store_true", help="start that job as before issue 10")
+    p.add_argument("--viewer", action="store_true", help="the slide viewer in Chromium (needs --run)")
     args = p.parse_args()
     os.environ["PCAM_DATA"] = str(args.data.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["PCAM_REVIEW_DB"] = str(Path(tmp) / "reviews.sqlite")
-        if args.with_job:
+        if args.viewer:
+            os.environ["PCAM_RUNS_DIR"] = str(Path(tmp) / "runs")
+            shutil.copytree(args.run, Path(tmp) / "runs" / args.run.name)
+            rows = viewer_bench(args.data, args.run, Path(tmp), args.repeats)
+        elif args.with_job:
             os.environ["PCAM_RUNS_DIR"] = str(Path(tmp) / "runs")
             rows = while_training(args.with_job, args.job_as_before, args.repeats)
         elif args.run:

@@ -151,3 +151,44 @@ def test_a_map_selection_is_tagged_and_browse_filters_by_the_tag(open_app, page_
     at.switch_page("views/browse.py").run()
     at.selectbox(key="browse_tag").set_value("pale stain").run()
     assert not at.exception and "**3** of 600 train patches match" in page_text(at)
+
+
+@pytest.mark.slow
+def test_a_first_look_shows_while_the_map_is_laid_out(open_app, page_text, demo_dir, tmp_path, monkeypatch):
+    import threading
+
+    fresh = tmp_path / "fresh"  # a dataset no other test has mapped (one label differs): its map is made here
+    shutil.copytree(demo_dir, fresh)
+    labels = pd.read_csv(fresh / "train_labels.csv")
+    labels.loc[0, "label"] = 1 - labels.loc[0, "label"]
+    labels.to_csv(fresh / "train_labels.csv", index=False)
+    monkeypatch.setenv("PCAM_DATA", str(fresh))
+    laying_out, release = threading.Event(), threading.Event()
+    umap_layout = embed.map_2d
+
+    def slow_layout(features, seed=0, *args, **kwargs):  # UMAP held back until the page has been looked at
+        if kwargs.get("progress"):
+            kwargs["progress"](0, len(features))
+        laying_out.set()
+        release.wait(120)
+        return umap_layout(features, seed, *args, **kwargs)
+
+    monkeypatch.setattr(embed, "map_2d", slow_layout)
+    at = open_app("map")
+    try:
+        assert laying_out.wait(120), "the map was never started"
+        deadline = time.monotonic() + 60
+        while "A first look while the map is laid out" not in page_text(at):
+            assert time.monotonic() < deadline and not at.exception, at.exception
+            time.sleep(0.3)
+            at.run()
+        assert "600 train patches from colour and texture statistics" in page_text(at)
+        figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+        counts = [int(trace["name"].split("(")[1].rstrip(")").replace(",", "")) for trace in figure["data"]]
+        assert sum(counts) == 600  # every patch, by label, placed by PCA
+        assert any(bar.proto.text.startswith("Laying out the map") for bar in at.get("progress"))
+    finally:
+        release.set()
+    at = until_mapped(at)
+    assert "600 train patches, mapped from colour and texture statistics" in page_text(at)
+    assert "A first look" not in page_text(at)

@@ -124,7 +124,7 @@ def test_a_map_is_served_as_one_grey_pixel_per_cell_and_the_bundle_beside_it():
 
 
 def test_the_shipped_bundle_is_the_version_the_lock_file_pins():
-    viewer = Path(__file__).resolve().parents[1] / "app" / "viewer"
+    viewer = Path(__file__).resolve().parents[1] / "app" / "components"
     pinned = json.loads((viewer / "package-lock.json").read_text())["packages"]["node_modules/openseadragon"]
     head = (viewer / "static" / "openseadragon.min.js").read_text()[:200]
     assert head.startswith(f"//! openseadragon {pinned['version']}\n"), head

@@ -4,7 +4,7 @@ on the same origin and port as the pages (no second port, no CORS).
     GET /tiles/{token}.dzi                              the DZI XML
     GET /tiles/{token}_files/{level}/{col}_{row}.jpeg   a tile (.png too)
     GET /tiles/maps/{token}.png                         a tumour map, one grey pixel per cell (`map_png`)
-    GET /viewer/openseadragon.min.js                    the viewer's bundle (app/viewer/static, pinned)
+    GET /viewer/openseadragon.min.js                    the viewer's bundle (app/components/static, pinned)
 
 A token names a slide the page offered (`SERVER.offer(path)`), never a path: anything else is a 404. Tiles
 are made in at most two threads at a time, so a viewer streaming tiles never takes every thread from the
@@ -67,7 +67,12 @@ def offer(slide_path: Path, prob) -> tuple[str, str]:
     return f"/tiles/{SERVER.offer(slide_path)}.dzi", f"/tiles/maps/{SERVER.offer_map(prob)}.png"
 
 
-BUNDLE = Path(__file__).resolve().parents[1] / "viewer" / "static"
+def unreadable(slide_path: Path) -> int:
+    """How many tiles of the slide could not be read so far (served grey)."""
+    return SERVER.failed(SERVER.offer(slide_path))
+
+
+BUNDLE = Path(__file__).resolve().parents[1] / "components" / "static"
 ROUTES = [Route("/tiles/maps/{token}.png", tumour_map),
           Route("/tiles/{token}.dzi", dzi),
           Route("/tiles/{token}_files/{level:int}/{col:int}_{row:int}.{fmt}", tile),

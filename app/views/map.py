@@ -56,12 +56,34 @@ def describe(stage: str, done: int, total: int) -> str:
     return f"{what}: {count}. You can leave this page: the map keeps being made and is kept on disk."
 
 
+def first_look(preview: pd.DataFrame) -> None:
+    """The embeddings laid out by PCA, by label, while UMAP works: something to look at in the meantime."""
+    fig = go.Figure()
+    names = preview["label"].map(ui.label_name)
+    for name, hue in CATEGORIES["label"].items():
+        part = preview[names == name]
+        if len(part):
+            fig.add_trace(go.Scattergl(x=part["x"], y=part["y"], mode="markers",
+                                       name=f"{name} ({len(part):,})", hoverinfo="skip",
+                                       marker={"color": hue, "size": 4, "opacity": 0.7}))
+    fig.update_layout(height=480, margin={"l": 0, "r": 0, "t": 30, "b": 0}, dragmode="pan",
+                      xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+                      legend={"orientation": "h", "y": 1.02, "itemsizing": "constant"})
+    st.caption(f"A first look while the map is laid out: {len(preview):,} {split} patches from "
+               f"{preview.attrs['source']}, placed by the first two principal components (PCA). The map "
+               "(UMAP), where clusters separate better and points can be picked, replaces it when ready.")
+    st.plotly_chart(fig, key="map_first_look", config={"displaylogo": False})
+
+
 if table is None:
     job = background.job_for(("map", store.fingerprint, split, checkpoint, mtime),
-                             lambda progress: embed.map_table(store, split, checkpoint, device=device,
-                                                              progress=progress))
+                             lambda progress, keep: embed.map_table(store, split, checkpoint, device=device,
+                                                                    progress=progress, preview=keep),
+                             partial=True)
     if job.running or job.error:
         ui.job_progress(job, describe, "The map could not be made")
+        if job.running and job.partial is not None:
+            first_look(job.partial)
         st.stop()
     table = job.result.copy()  # the job's table is shared by every session: columns are added below
 source_text = table.attrs["source"]

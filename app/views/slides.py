@@ -41,22 +41,32 @@ if not paths:
     st.info(f"{folder} holds no slide files (.svs, .tif, .ndpi, .mrxs, ...).")
     st.stop()
 path = pick[1].selectbox("Slide", paths, format_func=lambda p: Path(p).name, key="slides_file", **kept)
+slides.scale_of(path)  # a scale typed for one slide is never carried to the next
 mpp = pick[2].number_input("Microns per pixel", value=None, min_value=0.05, max_value=20.0, step=0.05,
                            format="%.3f", key="slides_mpp", placeholder="from the file", **kept,
-                           help="Empty: the scale in the slide's metadata. Needed when it has none.")
+                           on_change=slides.keep_typed_scale, args=(path,),
+                           help="Empty: the scale in the slide's metadata. Needed when it has none. A value "
+                                "typed here is kept for this slide only.")
 try:
     slide = slides.open_cached(path, mpp)
 except MissingScale:
     st.error(f"{Path(path).name} has no scale in its metadata: type its microns per pixel in Microns per "
-             "pixel above (0.25 for a 40x scan, 0.5 for 20x, 1.0 for 10x).")
+             "pixel above, or take a common one and check it on the viewer's scale bar (a lymphocyte is "
+             "about 7 um across).")
+    guesses = st.columns(6)
+    for column, (value, scan) in zip(guesses, slides.COMMON_SCALES, strict=False):
+        column.button(f"{value} um/px ({scan})", key=f"slides_guess_{value}",
+                      on_click=slides.keep_typed_scale, args=(path, value))
     st.stop()
 except (ValueError, OSError) as e:
     st.error(str(e))
     st.stop()
 mtime = Path(path).stat().st_mtime
 w, h = slide.size
-st.caption(f"{w:,} x {h:,} px at {slide.mpp:.3f} um/px ({slide.handle.level_count} levels); the model sees "
-           f"{slide.model_mpp} um/px, so one 96 px patch covers {96 * slide.scale:.0f} px of the slide.")
+origin = "typed for this slide" if mpp else "from the file"
+st.caption(f"{w:,} x {h:,} px at {slide.mpp:.3f} um/px ({origin}; {slide.handle.level_count} levels); "
+           f"the model sees {slide.model_mpp} um/px, so one 96 px patch covers {96 * slide.scale:.0f} px "
+           "of the slide.")
 
 opts = st.columns([2, 1, 3])
 stride = opts[0].radio("Cell", STRIDES, index=0, horizontal=True, key="slides_stride", **kept,
@@ -67,6 +77,8 @@ tta = opts[1].selectbox("TTA views", (1, 2, 4, 8), key="slides_tta", **kept)
 if ctx.run is None:
     st.info("Choose a trained model in the sidebar to score the slide.")
     st.stop()
+if st.session_state.get("slides_scale_error"):
+    st.warning(st.session_state.pop("slides_scale_error"))
 if warning := synthetic_model_warning(ctx.run_data, path):
     st.warning(warning)
 tissue = slides.tissue(path, mtime, mpp, stride)
@@ -192,6 +204,10 @@ st.caption("Drag to pan, scroll to zoom; click a cell to open its patch below. K
            "slide. Hot spots: connected cells at P >= the threshold, by peak P; ticked once a cell in it has "
            "a verdict. Marks: red tumour, green normal, orange unsure; your drawn regions in pink (tumour) "
            "and teal (not tumour).")
+
+if failed_tiles := tiles.unreadable(slide.path):
+    st.warning(f"{failed_tiles:,} tiles of this slide could not be read (a damaged file or region): they "
+               "show grey, the rest as scanned.")
 
 with st.expander(f"Drawn regions ({len(drawn)})", expanded=False):
     slides.region_table(slide_key, drawn, slide_map, ctx.reviewer)

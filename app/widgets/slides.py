@@ -16,14 +16,38 @@ from pcam_core.geometry import PATCH
 from pcam_core.inference.infer import precision_used
 from pcam_core.review import regions
 from pcam_core.review.regions import Region
-from pcam_core.slides.cache import MapSettings, SlideMap, load_map, map_dir
+from pcam_core.slides.cache import MapSettings, SlideMap, keep_scale, load_map, map_dir, typed_scale
 from pcam_core.slides.export import cell_id, export_cells, parse_cell_id, reviewed_labels
 from pcam_core.slides.maps import cell_patch, tissue_fraction
 from pcam_core.slides.reader import MIN_TISSUE, Grid, Slide, list_slides, open_slide
 from pcam_core.slides.regions import region_labels, regions_geojson
 
 REPO = Path(__file__).resolve().parents[2]
+COMMON_SCALES = ((0.25, "40x"), (0.5, "20x"), (1.0, "10x"))
 IN_PROCESS_CELLS = 1500  # up to this many cells x TTA views a map is scored in the page; beyond, as a job
+
+
+def scale_of(path: str) -> None:
+    """Sets the scale field to what was typed for `path` when the slide changed (or on a first visit whose
+    URL names none): each slide keeps its own typed scale, kept beside its maps."""
+    state = st.session_state
+    before = state.get("slides_mpp_for")
+    if before is None:
+        if "slides_mpp" not in st.query_params and (typed := typed_scale(path)) is not None:
+            state["slides_mpp"] = typed
+    elif before != path:
+        state["slides_mpp"] = typed_scale(path)
+    state["slides_mpp_for"] = path
+
+
+def keep_typed_scale(path: str, value: float | None = None) -> None:
+    """Remembers the scale typed (or picked) for this slide; an empty field forgets it."""
+    if value is not None:
+        st.session_state["slides_mpp"] = value
+    try:
+        keep_scale(path, st.session_state.get("slides_mpp"))
+    except OSError as e:
+        st.session_state["slides_scale_error"] = f"The scale is used but could not be kept: {e}"
 
 
 def slide_folders() -> dict[str, Path]:

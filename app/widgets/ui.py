@@ -266,10 +266,14 @@ def model_key(run: Path) -> tuple[str, float]:
 
 @st.fragment(run_every=1.0)
 def job_progress(job, describe: Callable[[str, int, int], str], failed: str) -> None:
-    """While a background job works: a progress bar with `describe(stage, done, total)`; then a rerun of the
-    page (or `failed` and the job's error, when it failed)."""
+    """While a background job works: a progress bar with `describe(stage, done, total)`, and a rerun of the
+    page when the job keeps a first result to show (`job.partial`); then a rerun of the page (or `failed`
+    and the job's error, when it failed)."""
     if job.running:
         st.progress(job.done / job.total if job.total else 0.0, text=describe(job.stage, job.done, job.total))
+        if job.partial is not None and st.session_state.get("job_partial_shown") != id(job.partial):
+            st.session_state["job_partial_shown"] = id(job.partial)
+            st.rerun(scope="app")
     elif job.error:
         st.error(f"{failed}: {job.error}")
     else:

@@ -1,5 +1,5 @@
 """The slide viewer on the Slides page: OpenSeadragon over the app's own tiles (`app.compute.tiles`), the
-tumour map, verdict marks, hot spots and drawn regions drawn in the browser (app/viewer/viewer.js).
+tumour map, verdict marks, hot spots and drawn regions drawn in the browser (app/components/viewer.js).
 
 Pan, zoom, opacity and the map on/off never rerun the page; a click on a cell (`result.cell`) and a region
 closed (`result.region`) do. The viewer's tiles need the app served with its routes (`streamlit run
@@ -16,7 +16,7 @@ from pcam_core.slides.export import parse_cell_id
 from pcam_core.slides.maps import SlideMap
 from pcam_core.slides.reader import Slide
 
-HERE = Path(__file__).resolve().parents[1] / "viewer"
+HERE = Path(__file__).resolve().parents[1] / "components"
 HEIGHT = 720
 _COMPONENT = st.components.v2.component("pcam_review.slide_viewer", js=(HERE / "viewer.js").read_text(),
                                         css=(HERE / "viewer.css").read_text(), isolate_styles=False)

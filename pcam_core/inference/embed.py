@@ -281,12 +281,26 @@ def _as_table(store, cached: dict) -> pd.DataFrame:
     return table
 
 
+def preview_2d(features: np.ndarray) -> np.ndarray:
+    """A quick 2-D look at `features` (the first two principal components of the standardised features):
+    what a page shows while UMAP lays out the map. (N, 2) float32."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(features, np.float32)
+    x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
+    if len(x) < 3 or x.shape[1] < 2:
+        return np.column_stack([np.arange(len(x)), np.zeros(len(x))]).astype(np.float32)
+    return PCA(2, random_state=0).fit_transform(x).astype(np.float32)
+
+
 def map_table(store, split: str, checkpoint: str | Path | None = None, device: str = "auto",
               batch_size: int | None = None, seed: int = 0,
-              progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+              progress: Callable[[str, int, int], None] | None = None,
+              preview: Callable[[pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """The map of one split: id, index, label, x, y, and prob (NaN without a model); cached on disk.
 
-    `progress(stage, done, total)` reports the two stages, "embedding" and "map". The table's
+    `progress(stage, done, total)` reports the two stages, "embedding" and "map"; `preview(table)` gets the
+    same table laid out by `preview_2d` as soon as the embeddings are in, before UMAP. The table's
     attrs["source"] says what the map was made from. The map's cache holds no features, so reopening a
     map of 220,025 patches reads a few MB.
     """
@@ -299,6 +313,9 @@ def map_table(store, split: str, checkpoint: str | Path | None = None, device: s
     if cached is None:
         emb = embeddings(store, split, checkpoint, device=device, batch_size=batch_size,
                          progress=stage("embedding"))
+        if preview is not None:
+            first = {"index": emb.index, "xy": preview_2d(emb.features), "source": emb.source}
+            preview(_as_table(store, {**first, **({"prob": emb.prob} if emb.prob is not None else {})}))
         cached = {"index": emb.index, "xy": map_2d(emb.features, seed, progress=stage("map")),
                   "source": np.array(emb.source)}
         if emb.prob is not None:

@@ -129,3 +129,22 @@ def job_state(folder: str | Path) -> dict:
         state = "failed"  # the process died without saying so (killed)
     return {"state": state, "done": meta.get("done", 0), "total": meta.get("total", 0), "alive": running,
             "error": meta.get("error", "")}
+
+
+def typed_scale(slide_path: str | Path) -> float | None:
+    """The microns per pixel a user typed for this slide (kept beside its maps), if any."""
+    scales = read_json(slides_root(slide_path) / "scales.json") or {}
+    value = scales.get(Path(slide_path).name)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def keep_scale(slide_path: str | Path, mpp: float | None) -> None:
+    """Remembers the scale typed for this slide (None: forget it; the file's own is used again)."""
+    path = slides_root(slide_path) / "scales.json"
+    scales = read_json(path) or {}
+    if mpp is None:
+        scales.pop(Path(slide_path).name, None)
+    else:
+        scales[Path(slide_path).name] = float(mpp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(scales, indent=2, sort_keys=True))

@@ -28,6 +28,21 @@ function loadBundle() {
   return loading;
 }
 
+// OpenSeadragon draws with WebGL by default; where WebGL is software (no GPU: SwiftShader, llvmpipe) a
+// frame takes ~150 ms on 2 cores and a 1:1 view fills 7x slower than with the 2-D canvas (BENCHMARKS.md),
+// so the renderer is asked once and the canvas drawer used there.
+function drawerFor() {
+  try {
+    const gl = document.createElement("canvas").getContext("webgl");
+    if (!gl) return "canvas";
+    const info = gl.getExtension("WEBGL_debug_renderer_info");
+    const renderer = info ? String(gl.getParameter(info.UNMASKED_RENDERER_WEBGL)) : "";
+    return /swiftshader|llvmpipe|softpipe|software|basic render/i.test(renderer) ? "canvas" : "webgl";
+  } catch (e) {
+    return "canvas";
+  }
+}
+
 function colour(p) {
   const t = Math.min(1, Math.max(0, p)) * (RAMP.length - 1);
   const i = Math.min(RAMP.length - 2, Math.floor(t));
@@ -162,7 +177,9 @@ class SlideViewer {
       animationTime: 0.6,
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
       crossOriginPolicy: false,
+      drawer: drawerFor(),
     });
+    this.view.dataset.drawer = this.viewer.drawer.getType();
     this.viewer.addHandler("open", () => this.onOpen());
     for (const ev of ["animation", "update-viewport", "resize", "open"]) {
       this.viewer.addHandler(ev, () => this.redraw());
