@@ -1,6 +1,7 @@
 """The Slides page: choose a slide, score it, open a hot spot, give a verdict, export the reviewed cells."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,13 @@ import pytest
 import tifffile
 
 from pcam_core.data.readers import open_dataset
+from pcam_core.review import regions
 from pcam_core.review.verdicts import ReviewStore
+from pcam_core.slides.cache import load_map
 from pcam_core.slides.demo import make_demo_slide, make_slide_image
 from pcam_core.slides.export import parse_cell_id
+from pcam_core.slides.reader import Grid, open_slide
+from pcam_core.slides.regions import region_labels
 
 pytest_plugins = ["apptest"]
 
@@ -76,15 +81,32 @@ def test_score_open_a_hot_spot_and_record_a_verdict(open_app, with_model, page_t
     second = next(h.value for h in at.subheader if h.value.startswith("Cell r"))
     assert second != first and "Current verdict" not in page_text(at)
 
+    # a region drawn as "not tumour" around one tissue cell (its centre 32x32 inside, no other's)
+    key = f"slide:{(slide_folder / 'demo.tif').resolve()}"
+    slide = (slide_folder / "demo.tif").resolve()
+    meta = next(m for m in Path(os.environ["PCAM_CACHE_DIR"]).rglob("meta.json")
+                if Path(json.loads(m.read_text()).get("slide", "")).resolve() == slide)
+    prob = load_map(meta.parent).prob
+    row, col = map(int, np.unravel_index(np.nanargmin(prob), prob.shape))  # the lowest P: not the verdict
+    corner = [(32 * col - 2, 32 * row - 2), (32 * col + 34, 32 * row - 2), (32 * col + 34, 32 * row + 34),
+              (32 * col - 2, 32 * row + 34)]
+    regions.add(ReviewStore(tmp_path / "reviews.sqlite"), key, "normal", corner, "Dr Ann")
+    drawn = region_labels(Grid.of(open_slide(slide_folder / "demo.tif"), 32),
+                          regions.current(ReviewStore(tmp_path / "reviews.sqlite"), key))
+    assert drawn.values.tolist() == [[row, col, 0]]
+    glass = [(-5, -5), (60, -5), (60, 60), (-5, 60)]  # glass in the corner: no tissue, no label
+    regions.add(ReviewStore(tmp_path / "reviews.sqlite"), key, "normal", glass, "Dr Ann")
+    at.run()
+    assert any(e.label == "Drawn regions (2)" for e in at.expander)
     target = tmp_path / "export"
     at.text_input(key="slides_export_dir").input(str(target)).run()
     at.number_input(key="slides_export_top").set_value(5).run()
     at.button(key="slides_export").click().run()
     assert not at.exception
     labels = pd.read_csv(target / "train_labels.csv")
-    assert labels["label"].tolist() == [1]  # "Yes": tumour in the centre
+    assert sorted(labels["label"].tolist()) == [0, 1]  # "Yes", and the region's tissue cell
     exported = open_dataset(target)  # the other pages and `train` read it as it is
-    assert len(exported) == 6 and (exported.labels == 1).sum() == 1
+    assert len(exported) == 2 + 5 and (exported.labels == 1).sum() == 1
     window = tifffile.imread(target / "train" / f"{labels['id'].iloc[0]}.tif")
     assert window.shape == (96, 96, 3)
 
@@ -97,7 +119,24 @@ def test_a_slide_without_a_scale_asks_for_it(open_app, with_model, page_text, tm
     assert len(errors) == 1 and "type its microns per pixel in Microns per pixel" in errors[0]
     at.number_input(key="slides_mpp").set_value(0.972).run()
     assert not at.exception and not at.error
-    assert "600 x 400 px at 0.972 um/px" in page_text(at)
+    assert "600 x 400 px at 0.972 um/px (typed for this slide" in page_text(at)
+
+
+def test_a_typed_scale_stays_with_its_slide(open_app, with_model, page_text, tmp_path):
+    image, _ = make_slide_image(600, 400, seed=1)
+    tifffile.imwrite(tmp_path / "a-noscale.tif", image, tile=(256, 256), photometric="rgb")
+    make_demo_slide(tmp_path / "b-demo.tif", 768, 512, seed=2)  # 0.972 um/px in its file
+    at = open_slides(open_app, tmp_path)
+    assert at.selectbox(key="slides_file").value.endswith("a-noscale.tif")
+    at.button(key="slides_guess_0.5").click().run()  # a common scale, to check on the scale bar
+    assert "600 x 400 px at 0.500 um/px (typed for this slide" in page_text(at)
+    at.selectbox(key="slides_file").select(str(tmp_path / "b-demo.tif")).run()
+    assert at.number_input(key="slides_mpp").value is None  # not carried to the next slide
+    assert "768 x 512 px at 0.972 um/px (from the file" in page_text(at)
+    at.selectbox(key="slides_file").select(str(tmp_path / "a-noscale.tif")).run()
+    assert at.number_input(key="slides_mpp").value == 0.5 and not at.error  # and back with its slide
+    fresh = open_slides(open_app, tmp_path)  # another session: kept beside the slide's maps
+    assert "600 x 400 px at 0.500 um/px" in page_text(fresh)
 
 
 def test_without_a_model_the_page_says_what_to_do(open_app, page_text, slide_folder):

@@ -159,8 +159,8 @@ def regions_download(slide_map: SlideMap, drawn: list[Region], size: tuple[int, 
 
 
 def export(slide: Slide, slide_map: SlideMap, verdicts, drawn: list[Region], top: int, target: str) -> dict:
-    """The slide's reviewed cells (labelled by their verdicts, else by the regions drawn around them) and its
-    `top` highest unreviewed cells as a Kaggle-layout folder at `target`."""
+    """The slide's reviewed cells (labelled by their verdicts, else by the regions drawn around them, tissue
+    cells only) and its `top` highest unreviewed cells as a Kaggle-layout folder at `target`."""
     labels = reviewed_labels(verdicts)
     windows = {}
     for patch in verdicts["patch_id"]:
@@ -169,7 +169,7 @@ def export(slide: Slide, slide_map: SlideMap, verdicts, drawn: list[Region], top
     grid = slide_map.grid
     for row, col, label in region_labels(grid, drawn).itertuples(index=False):
         patch = cell_id(slide.name, *grid.window_box(row, col))
-        if patch not in labels:  # a verdict on the cell itself comes first
+        if patch not in labels and np.isfinite(slide_map.prob[row, col]):  # tissue; a verdict comes first
             labels[patch] = int(label)
             windows[patch] = cell_patch(slide, grid, row, col)
     reviewed = len(windows)
