@@ -215,13 +215,17 @@ def test_a_slide_is_viewed_a_hot_spot_opened_a_verdict_and_a_region_kept(slides_
         marks = viewer_state(page, "s.data.marks")
         assert [spot.row, spot.col, "tumour"] in marks  # the verdict shows on the slide
 
-        # a region drawn beside the cell: three corners, Enter
+        # a region drawn in the view: three corners, Enter
         page.get_by_role("button", name="Draw not tumour").click()
-        x, y = cell_on_screen(page, spot.row, spot.col)
-        for dx, dy in ((-200, -150), (-80, -150), (-80, -60)):
-            page.mouse.click(x + dx, y + dy)
+        box = page.locator(".pcv-view").bounding_box()  # corners in the top left, clear of the controls
+        for dx, dy in ((120, 120), (320, 120), (320, 260)):
+            page.mouse.click(box["x"] + dx, box["y"] + dy)
         page.keyboard.press("Enter")
-        page.get_by_text("Drawn regions (1)").wait_for(timeout=60_000)
+        try:
+            page.get_by_text("Drawn regions (1)").wait_for(timeout=60_000)
+        except Exception:
+            page.screenshot(path=shots / "region-not-kept.png")
+            raise
         settle(page)
         page.screenshot(path=shots / "slide-region.png")
         assert errors_on(page) == 0
