@@ -1,6 +1,5 @@
 """Inspect: one patch large, the model's prediction per TTA view, Grad-CAM, and the reviewer's verdict."""
 
-import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -43,7 +42,7 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None,
         ui.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""),
                                  checkpoint=str(ctx.run) if ctx.run else "", prob=prob)
-    except (ValueError, OSError, sqlite3.Error) as e:  # a read-only or full verdict store, no reviewer name
+    except (ValueError, OSError) as e:  # a read-only or full verdict store, no reviewer name
         # the note stays in its box and the buttons stay: nothing the reviewer typed is lost
         st.session_state["verdict_error"] = (f"The verdict was not saved: {e}. The verdict store is "
                                              f"{ui.review_db()}: free disk space there, or point "

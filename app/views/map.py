@@ -3,7 +3,6 @@
 Box or lasso a cluster to browse it; click a point to see its patch and the patches most like it.
 """
 
-import sqlite3
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ from app.widgets import sidebar, ui
 from app.widgets.images import with_centre_box
 from pcam_core import review
 from pcam_core.inference import embed
+from pcam_core.review.store import StoreError
 
 NO_MODEL = "Colour and texture (no model)"
 CATEGORIES = {
@@ -214,9 +214,9 @@ with right:
                     already = len(chosen) - n
                     st.success(f"Tagged {n:,} patches '{ui.as_text(tag.strip())}'"
                                + (f" ({already:,} had it already)." if already else "."))
-                except ValueError as e:
+                except StoreError as e:
+                    st.error(f"{e}: free disk space or point PCAM_REVIEW_DB elsewhere; the selection is "
+                             "still here.")
+                except (ValueError, OSError) as e:
                     st.error(str(e))
-                except (sqlite3.Error, OSError) as e:
-                    st.error(f"The review store {ui.review_db()} cannot be written ({e}): free disk space "
-                             "or point PCAM_REVIEW_DB elsewhere; the selection is still here.")
         ui.patch_grid(store, chosen[:16], captions(chosen[:16]), columns=4)

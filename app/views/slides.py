@@ -1,6 +1,5 @@
 """Slides: a whole-slide image as a tumour map; click a place to see its patch, CAM and give a verdict."""
 
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -240,7 +239,7 @@ def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
     try:
         ui.review_store().record(slide_key, patch, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p)
-    except (ValueError, OSError, sqlite3.Error) as e:
+    except (ValueError, OSError) as e:
         st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {ui.review_db()})."
         return
     st.session_state[note_key] = ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +108,7 @@ def drawn_regions(slide_key: str) -> list[Region]:
     """The regions reviewers drew on the slide ([] when the store cannot be read: the page says why)."""
     try:
         return regions.current(ui.review_store(), slide_key)
-    except (ValueError, OSError, sqlite3.Error) as e:
+    except (ValueError, OSError) as e:
         st.error(f"The drawn regions cannot be read: {e} (verdict store: {ui.review_db()}).")
         return []
 
@@ -119,7 +118,7 @@ def keep_region(slide_key: str, region: dict, reviewer: str) -> None:
     kind = {"tumour": "tumour", "normal": "not tumour"}.get(region.get("kind"), "region")
     try:
         regions.add(ui.review_store(), slide_key, region.get("kind"), region.get("points", []), reviewer)
-    except (ValueError, OSError, sqlite3.Error) as e:
+    except (ValueError, OSError) as e:
         st.error(f"The {kind} region was not kept: {e}.")
         return
     st.toast(f"Kept: a {kind} region", icon=":material/check:")
@@ -145,7 +144,7 @@ def region_table(slide_key: str, drawn: list[Region], slide_map: SlideMap, revie
     if cols[1].button("Remove", key="slides_region_remove", disabled=not reviewer, icon=":material/delete:"):
         try:
             regions.remove(ui.review_store(), slide_key, int(seq), reviewer)
-        except (ValueError, OSError, sqlite3.Error) as e:
+        except (ValueError, OSError) as e:
             st.error(f"Not removed: {e}.")
         else:
             st.rerun()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -48,18 +47,21 @@ def _review_store(path: str) -> ReviewStore:
 
 
 def review_store() -> ReviewStore:
-    """The verdict store: $PCAM_REVIEW_DB, else models/reviews.sqlite (kept beside the checkpoints).
+    """The review store: $PCAM_DB_URL, else $PCAM_REVIEW_DB, else models/reviews.sqlite.
 
     Raises:
         ValueError: it cannot be opened (not SQLite, a folder, a full disk); callers say so and go on.
     """
-    return _review_store(review_db())
+    from pcam_core.review.store import default_db
+
+    return _review_store(default_db())
 
 
 def review_db() -> str:
-    from pcam_core.review.verdicts import default_db
+    """Which review store, for messages (a database URL's password hidden)."""
+    from pcam_core.review.store import default_db, shown
 
-    return default_db()
+    return shown(default_db())
 
 
 def verdict_history(dataset_key: str, patch_id: str | None = None) -> pd.DataFrame:
@@ -82,7 +84,7 @@ def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[st
     gets one warning and an empty table: the patches still show."""
     try:
         return read(review_store())
-    except (sqlite3.Error, OSError, ValueError) as e:
+    except (ValueError, OSError) as e:
         st.warning(f"The verdict store {review_db()} cannot be read ({e}); verdicts are not shown and cannot "
                    f"be saved until it can (free disk space, or point PCAM_REVIEW_DB elsewhere).")
         return pd.DataFrame(columns=columns)

@@ -22,6 +22,7 @@ from pcam_core.bench.embed import bench_embed
 from pcam_core.bench.labels import bench_label_noise
 from pcam_core.bench.notebook import bench_notebook
 from pcam_core.bench.slides import bench_slides
+from pcam_core.bench.store import bench_store
 from pcam_core.bench.viewer import bench_viewer
 from pcam_core.hardware import cpu_model
 
@@ -353,6 +354,7 @@ SECTIONS["embed"] = bench_embed
 SECTIONS["contention"] = bench_contention
 SECTIONS["notebook"] = bench_notebook
 SECTIONS["viewer"] = bench_viewer
+SECTIONS["store"] = bench_store
 
 
 def run_bench(data_dir: Path | None, device: str = "auto", only: list[str] | None = None) -> list[dict]:

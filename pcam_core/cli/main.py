@@ -19,6 +19,7 @@ from pcam_core.cli import embed as cli_embed
 from pcam_core.cli import export as cli_export
 from pcam_core.cli import labels as cli_labels
 from pcam_core.cli import predict as cli_predict
+from pcam_core.cli import review as cli_review
 from pcam_core.cli import slide as cli_slide
 from pcam_core.cli import train as cli_train
 from pcam_core.cli.common import USER_ERRORS, Bar, ReportedByRankZero, keep_freed_memory, rank
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_embed.add_parsers(sub)
     cli_export.add_parsers(sub)
     cli_annotations.add_parsers(sub)
+    cli_review.add_parsers(sub)
 
     s = sub.add_parser("bench", help="measure data, training and inference speed")
     s.add_argument("--data", type=Path, help="dataset folder (default: a fresh demo set)")

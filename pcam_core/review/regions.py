@@ -10,25 +10,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from pcam_core.review.verdicts import ReviewStore
+import sqlalchemy as sa
+
+from pcam_core.review.store import ReviewStore, now, regions
 
 KINDS = ("tumour", "normal")  # "tumour the model missed" / "not tumour"
 MAX_CORNERS = 10_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS regions (
-    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-    dataset  TEXT NOT NULL,
-    kind     TEXT NOT NULL CHECK (kind IN ('tumour', 'normal', 'removed')),
-    points   TEXT NOT NULL DEFAULT '[]',
-    removes  INTEGER,
-    reviewer TEXT NOT NULL,
-    created  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS regions_dataset ON regions (dataset, seq);
-"""
 
 
 @dataclass(frozen=True)
@@ -38,10 +26,6 @@ class Region:
     points: list[tuple[float, float]]
     reviewer: str
     created: str
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _checked(points) -> list[tuple[float, float]]:
@@ -63,12 +47,10 @@ def add(store: ReviewStore, dataset: str, kind: str, points, reviewer: str) -> i
     if not reviewer or not reviewer.strip():
         raise ValueError("a region needs a reviewer name: enter yours in the sidebar")
     corners = _checked(points)
-    with store.connect() as con:
-        con.executescript(_SCHEMA)
-        cur = con.execute("INSERT INTO regions (dataset, kind, points, reviewer, created) "
-                          "VALUES (?, ?, ?, ?, ?)",
-                          (dataset, kind, json.dumps(corners), reviewer.strip(), _now()))
-        return int(cur.lastrowid)
+    row = dict(dataset=dataset, kind=kind, points=json.dumps(corners), reviewer=reviewer.strip(),
+               created=now())
+    with store.errors("saving the region"), store.begin() as con:
+        return int(con.execute(regions.insert().values(**row).returning(regions.c.seq)).scalar_one())
 
 
 def remove(store: ReviewStore, dataset: str, seq: int, reviewer: str) -> None:
@@ -77,18 +59,17 @@ def remove(store: ReviewStore, dataset: str, seq: int, reviewer: str) -> None:
         raise ValueError("removing a region needs a reviewer name: enter yours in the sidebar")
     if seq not in {r.seq for r in current(store, dataset)}:
         raise ValueError(f"region {seq} is not on this slide (already removed, or drawn on another)")
-    with store.connect() as con:
-        con.execute("INSERT INTO regions (dataset, kind, removes, reviewer, created) "
-                    "VALUES (?, 'removed', ?, ?, ?)",
-                    (dataset, int(seq), reviewer.strip(), _now()))
+    row = dict(dataset=dataset, kind="removed", removes=int(seq), reviewer=reviewer.strip(), created=now())
+    with store.errors("removing the region"), store.begin() as con:
+        con.execute(regions.insert().values(**row))
 
 
 def current(store: ReviewStore, dataset: str) -> list[Region]:
     """The regions on `dataset` now, oldest first."""
-    with store.connect() as con:
-        con.executescript(_SCHEMA)
-        rows = con.execute("SELECT seq, kind, points, removes, reviewer, created FROM regions "
-                           "WHERE dataset = ? ORDER BY seq", (dataset,)).fetchall()
+    query = sa.select(regions.c.seq, regions.c.kind, regions.c.points, regions.c.removes, regions.c.reviewer,
+                      regions.c.created).where(regions.c.dataset == dataset).order_by(regions.c.seq)
+    with store.errors("reading the regions"), store.reading() as con:
+        rows = con.execute(query).all()
     removed = {r[3] for r in rows if r[1] == "removed"}
     return [Region(seq, kind, [tuple(p) for p in json.loads(points)], reviewer, created)
             for seq, kind, points, _, reviewer, created in rows if kind != "removed" and seq not in removed]
