@@ -13,5 +13,8 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app and pcam_core, when run from any folder
 
 from app.compute.tiles import ROUTES  # noqa: E402
+from app.widgets.identity import refusal  # noqa: E402
 
+if reason := refusal(st.config.get_option("server.address")):
+    sys.exit(f"error: {reason}")
 app = st.App(str(Path(__file__).with_name("streamlit_app.py")), routes=ROUTES)

@@ -10,9 +10,10 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pcam_core, when run from any folder
 
-from app.widgets import sidebar, ui  # noqa: E402
+from app.widgets import identity, sidebar, ui  # noqa: E402
 
 st.set_page_config(page_title="PCam Review", page_icon=":material/biotech:", layout="wide")
+identity.sign_in_page()  # with sign-in set up: nothing but the sign-in page until one is signed in
 ui.warm_up()
 page = st.navigation({
     "Data": [

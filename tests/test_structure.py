@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARY = sorted((REPO / "pcam_core").rglob("*.py"))
+# Alembic's scripts (review/migrations) are run by Alembic on a connection, not imported as modules
+LIBRARY = sorted(p for p in (REPO / "pcam_core").rglob("*.py") if "migrations" not in p.parts)
 APP = sorted((REPO / "app").rglob("*.py"))
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app.compute import scoring
-from app.widgets import sidebar, ui
+from app.widgets import reviews, sidebar, ui
 from pcam_core import review
 
 SORTS = {"dataset order": None, "probability, high first": ("prob", False),
@@ -55,7 +55,7 @@ selection = st.session_state.get("map_selection")
 from_map = selection is not None and selection["dataset"] == ctx.dataset_key and selection["split"] == split
 pairs = ui.duplicate_pairs(store)
 copies = set(pairs["a_id"]) | set(pairs["b_id"]) if pairs is not None else set()
-tags = ui.patch_tags(ctx.dataset_key)
+tags = reviews.patch_tags(ctx.dataset_key)
 row = st.columns([1, 1, 2]) if from_map or copies or len(tags) else None
 on_map = from_map and row[0].toggle(
     f"Map selection: {len(selection['ids']):,} patches", key="browse_map_selection", **keep,
@@ -77,7 +77,7 @@ wants_model = queue or verdict == "differs from the model" or any(
 partial = pending.partial if pending is not None and wants_model else None
 if partial is not None:  # the model's filters, sorts and queue over the patches scored so far
     preds = partial
-verdicts = ui.current_verdicts(ctx.dataset_key)
+verdicts = reviews.current_verdicts(ctx.dataset_key)
 table = review.review_table(store, split, verdicts, preds)
 if checked:
     table = table.merge(issues[["id", "quality", "issue"]].assign(cv_prob=issues["prob"]), on="id",
@@ -165,5 +165,5 @@ with st.expander("Verdicts on this dataset"):
     counts = verdicts["verdict"].value_counts()
     st.write(", ".join(f"{name}: {counts.get(name, 0):,}" for name in review.VERDICTS))
     st.download_button("Download verdicts (CSV, full audit trail)",
-                       ui.verdict_history(ctx.dataset_key).to_csv(index=False),
+                       reviews.verdict_history(ctx.dataset_key).to_csv(index=False),
                        file_name="pcam_verdicts.csv", mime="text/csv", on_click="ignore", key="browse_export")

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.widgets import images, patch_panel, sidebar, ui
+from app.widgets import images, patch_panel, reviews, sidebar, ui
 from pcam_core.data.readers import PatchStore
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 
@@ -39,13 +39,14 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None,
                  ) -> None:
     """Callback of the verdict buttons: appends the verdict at once and confirms it."""
     try:
-        ui.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
+        reviews.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""),
-                                 checkpoint=str(ctx.run) if ctx.run else "", prob=prob)
+                                 checkpoint=str(ctx.run) if ctx.run else "", prob=prob,
+                                 reviewer_id=ctx.user.id, verified=ctx.user.verified)
     except (ValueError, OSError) as e:  # a read-only or full verdict store, no reviewer name
         # the note stays in its box and the buttons stay: nothing the reviewer typed is lost
         st.session_state["verdict_error"] = (f"The verdict was not saved: {e}. The verdict store is "
-                                             f"{ui.review_db()}: free disk space there, or point "
+                                             f"{reviews.review_db()}: free disk space there, or point "
                                              f"PCAM_REVIEW_DB at a writable file.")
         return
     st.session_state[note_key] = ""  # saved with this verdict: it must not ride along with the next one
@@ -97,7 +98,7 @@ with dataset_tab:
                   on_click=go_to_patch, args=(int(order[max(at - 1, 0)]),), shortcut="Left")
     nav[1].button("Next", key="inspect_next", disabled=following is None, icon=":material/arrow_forward:",
                   on_click=go_to_patch, args=(following,), shortcut="Right")
-    done = ui.current_verdicts(ctx.dataset_key)["patch_id"].to_numpy()
+    done = reviews.current_verdicts(ctx.dataset_key)["patch_id"].to_numpy()
     reviewed = int(pd.Index(store.ids[order]).isin(done).sum())  # hashed: quick at 220,025 patches
     nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter · reviewed {reviewed:,} of "
                     f"{len(order):,}")
@@ -123,7 +124,7 @@ with dataset_tab:
     st.subheader("Tumour in the centre 32x32?")
     st.caption("Your answer about the tissue; whether it matches the label and the model is worked out, "
                "not asked.")
-    history = ui.verdict_history(ctx.dataset_key, patch_id)
+    history = reviews.verdict_history(ctx.dataset_key, patch_id)
     if len(history):
         last = history.iloc[-1]
         st.markdown(f"Current verdict: **{last['verdict']}** by {ui.as_text(last['reviewer'])} "

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app.compute import background
-from app.widgets import sidebar, ui
+from app.widgets import reviews, sidebar, ui
 from app.widgets.images import with_centre_box
 from pcam_core import review
 from pcam_core.inference import embed
@@ -89,7 +89,7 @@ if table is None:
 source_text = table.attrs["source"]
 
 # what the points can be coloured by
-verdicts = ui.current_verdicts(ctx.dataset_key)
+verdicts = reviews.current_verdicts(ctx.dataset_key)
 stats = store.stats.iloc[table["index"].to_numpy()]
 for column in ("brightness", "saturation", "tissue_frac"):
     table[column] = stats[column].to_numpy()
@@ -210,7 +210,7 @@ with right:
                                     help="Kept in the review store with your name; Browse filters by it.")
             if row[1].form_submit_button(f"Tag {len(chosen):,}", key="map_tag_save"):
                 try:
-                    n = ui.review_store().tag(ctx.dataset_key, ids.tolist(), tag, ctx.reviewer)
+                    n = reviews.review_store().tag(ctx.dataset_key, ids.tolist(), tag, ctx.reviewer)
                     already = len(chosen) - n
                     st.success(f"Tagged {n:,} patches '{ui.as_text(tag.strip())}'"
                                + (f" ({already:,} had it already)." if already else "."))

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.widgets import sidebar, ui
+from app.widgets import reviews, sidebar, ui
 from pcam_core.review import agreement
 
 ui.header("Reviewers", "How the reviewers' answers agree with each other (Cohen's kappa), with the given "
@@ -13,7 +13,7 @@ ui.header("Reviewers", "How the reviewers' answers agree with each other (Cohen'
                        "and the labels they settled on, for training.")
 ctx = sidebar.context()
 store = ctx.store
-history = ui.verdict_history(ctx.dataset_key)
+history = reviews.verdict_history(ctx.dataset_key)
 if history.empty:
     st.info("No verdicts on this dataset yet: answer 'Tumour in the centre 32x32?' on the Inspect page.")
     st.stop()

@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from app.compute import tiles
-from app.widgets import annotations, images, patch_panel, sidebar, slides, ui, viewer
+from app.widgets import annotations, images, patch_panel, reviews, sidebar, slides, ui, viewer
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
 from pcam_core.slides.cache import job_state
@@ -109,6 +109,13 @@ def start_job() -> None:
         jobs.start_slide_map(map_folder, flags, ui.device_spec())
     except (ValueError, OSError) as e:
         st.session_state["slides_job_error"] = str(e)
+        return
+    reviews.audit("job start", {"job": "slide map", "slide": path, "model": str(ctx.run), "stride": stride})
+
+
+def stop_job() -> None:
+    jobs.stop_slide_map(map_folder)
+    reviews.audit("job stop", {"job": "slide map", "slide": path})
 
 
 @st.fragment(run_every=2)
@@ -120,8 +127,8 @@ def job_panel() -> None:
         text = (f"Scoring in the background: {state['done']:,} of {state['total']:,} cells" if state["total"]
                 else "Starting the scoring job and finding the tissue...")
         st.progress(share, text=text + " (you can leave this page; the job goes on)")
-        st.button("Stop", key="slides_stop", icon=":material/stop:", on_click=jobs.stop_slide_map,
-                  args=(map_folder,), help="Keeps the cells scored so far; Resume carries on.")
+        st.button("Stop", key="slides_stop", icon=":material/stop:", on_click=stop_job,
+                  help="Keeps the cells scored so far; Resume carries on.")
     elif state["state"] in ("stopped", "failed"):
         text = f"Scoring {state['state']} at {state['done']:,} of {state['total']:,} cells."
         (st.error if state["state"] == "failed" else st.info)(
@@ -183,7 +190,7 @@ if selected is not None and not (0 <= selected[0] < slide_map.prob.shape[0]
                                  and 0 <= selected[1] < slide_map.prob.shape[1]):
     selected = None  # a link's cell that this map does not have
 outlines = annotations.current(path, slide.size)
-marks = viewer.marks(ui.current_verdicts(slide_key), slide_map)
+marks = viewer.marks(reviews.current_verdicts(slide_key), slide_map)
 drawn = slides.drawn_regions(slide_key)
 spots = hot_spots(slide_map.prob, slide_map.grid, slide.mpp, threshold)
 try:
@@ -237,10 +244,11 @@ with st.expander("Top-scoring cells", expanded=False):
 # ---- the chosen cell ----------------------------------------------------------------------------------
 def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
     try:
-        ui.review_store().record(slide_key, patch, verdict, ctx.reviewer,
-                                 note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p)
+        reviews.review_store().record(slide_key, patch, verdict, ctx.reviewer,
+                                 note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p,
+                                 reviewer_id=ctx.user.id, verified=ctx.user.verified)
     except (ValueError, OSError) as e:
-        st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {ui.review_db()})."
+        st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {reviews.review_db()})."
         return
     st.session_state[note_key] = ""
     st.toast(f"Saved: {verdict} on {patch}", icon=":material/check:")
@@ -248,7 +256,7 @@ def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
 
 def next_hot_spot(grid: Grid, current: tuple[int, int]) -> None:
     """Opens the highest-scoring cell nobody has given a verdict on yet."""
-    reviewed = set(ui.current_verdicts(slide_key)["patch_id"])
+    reviewed = set(reviews.current_verdicts(slide_key)["patch_id"])
     for flat in np.argsort(-np.nan_to_num(slide_map.prob, nan=-1.0), axis=None):
         row, col = divmod(int(flat), grid.cols)
         if not np.isfinite(slide_map.prob[row, col]):
@@ -274,7 +282,7 @@ if selected is not None:
                                                                                    "too little tissue")
     patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls, tta)
     st.markdown("**Is there tumour in the centre 32x32?**")
-    history = ui.verdict_history(slide_key, patch)
+    history = reviews.verdict_history(slide_key, patch)
     if len(history):
         last = history.iloc[-1]
         st.caption(f"Current verdict: {last['verdict']} by {ui.as_text(last['reviewer'])}, "
@@ -320,11 +328,13 @@ with st.expander("Downloads and export"):
                                 "unreviewed cells in test/.")
     top = st.number_input("Also the top unreviewed cells", 0, 2000, 48, key="slides_export_top")
     if st.button("Export", key="slides_export", icon=":material/save:"):
-        verdicts = ui.current_verdicts(slide_key)
+        verdicts = reviews.current_verdicts(slide_key)
         try:
             summary = slides.export(slide, slide_map, verdicts, drawn, int(top), target)
         except (ValueError, OSError) as e:
             st.error(f"Export failed: {e}")
         else:
+            reviews.audit("export", {"what": "slide cells", "slide": path, "to": str(summary["folder"]),
+                                "reviewed": summary["n_train"], "unreviewed": summary["n_test"]})
             st.success(f"Wrote {summary['n_train']} reviewed and {summary['n_test']} unreviewed cells to "
                        f"{summary['folder']}: open it as a dataset in the sidebar, or train on it.")

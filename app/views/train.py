@@ -7,7 +7,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.widgets import downloads, sidebar, ui
+from app.widgets import downloads, reviews, sidebar, ui
 from pcam_core import runs
 from pcam_core.inference.infer import held_out_auc
 from pcam_core.models.export import check_out, export_wsinfer
@@ -30,7 +30,7 @@ if pairs is not None and len(inside := pairs[(pairs["a_split"] == "train") & (pa
                f"({len(inside):,} pairs, Dataset page): a drawn validation split can put a copy on each "
                "side, and its AUC is then optimistic.")
 
-settled = agreement.settled_labels(ui.verdict_history(ctx.dataset_key))
+settled = agreement.settled_labels(reviews.verdict_history(ctx.dataset_key))
 settled = settled[settled["id"].isin(set(ctx.store.ids))]
 n_settled, n_ties = int((settled["label"] >= 0).sum()), int((settled["settled"] == "conflict").sum())
 reviewed_summary = (f"Reviewers settled {n_settled:,} label(s); {n_ties:,} tie(s) would be left out."
@@ -41,7 +41,7 @@ def reviewed_files(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
     """The run's config pointing at the reviewed labels, and those files for its folder (a snapshot of the
     verdicts it used, with the rule and the last verdict counted)."""
     run_dir = runs.new_run_dir(config)
-    history = ui.verdict_history(ctx.dataset_key)
+    history = reviews.verdict_history(ctx.dataset_key)
     used = {"rule": agreement.RULE, "verdicts": len(history),
             "last_verdict_seq": int(history["seq"].max()) if len(history) else None,
             "settled": settled["settled"].value_counts().to_dict()}
@@ -97,9 +97,17 @@ if started:
     try:
         if folds >= 2:
             st.session_state["train_crossval"] = str(jobs.start_crossval(config, int(folds)))
+            reviews.audit("job start", {"job": "crossval", "folder": st.session_state["train_crossval"],
+                                        "model": model, "folds": int(folds), "data": str(ctx.store.root)})
         else:
             config, files = reviewed_files(config) if reviewed and len(settled) else (config, None)
             st.session_state["train_run"] = str(jobs.start(config, files))
+            reviews.audit("job start", {"job": "training", "run": st.session_state["train_run"],
+                                        "model": model, "data": str(ctx.store.root),
+                                        "reviewers' labels": files is not None})
+            if files is not None:  # the label snapshot this run trains on
+                reviews.audit("labels for training", {"run": st.session_state["train_run"],
+                                                      **json.loads(files["reviewed_labels.json"])})
     except ValueError as e:
         st.error(f"Could not start: {e}")
         st.stop()
@@ -200,6 +208,7 @@ def live(run: Path) -> None:
         if st.button("Stop", key="train_stop", icon=":material/stop:",
                      help="Saves a resumable checkpoint, then ends the job."):
             jobs.stop(run)
+            reviews.audit("job stop", {"job": "training", "run": str(run)})
     elif state in ("stopped", "failed") and (run / "last.pt").is_file():
         busy_now = jobs.active_job(runs.runs_dir(), device)  # this fragment reruns alone: ask again
         if st.button("Resume", key="train_resume", icon=":material/replay:", disabled=busy_now is not None):
@@ -232,6 +241,8 @@ def export_for_qupath(run: Path) -> None:
             export_wsinfer(run, check_out(folder), held_out_auc(str(run)))
     except (ValueError, OSError) as e:
         st.session_state["train_export_error"] = f"Not exported: {e}"
+        return
+    reviews.audit("export", {"what": "WSInfer model", "run": str(run), "to": str(folder)})
 
 
 with st.expander("Export for QuPath (WSInfer)"):

@@ -9,13 +9,14 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app.widgets import ui
+from app.widgets import identity, ui
+from app.widgets.identity import User
 from pcam_core import runs
 from pcam_core.data.readers import PatchStore, is_packed
 from pcam_core.inference.infer import TTA_VIEWS
@@ -30,11 +31,12 @@ class Context:
 
     store: PatchStore
     dataset_key: str  # the key of this dataset's verdicts: its resolved folder path
-    reviewer: str
+    reviewer: str  # the name kept with each verdict: the signed-in user's, else the one typed
     run: Path | None  # the chosen model's run folder, or None
     device: str
     run_data: str = ""  # the dataset folder the chosen model trained on ("" when unrecorded)
     tta: int = 1  # the views every probability on every page averages (Browse, Inspect, Evaluate, Submit)
+    user: User = field(default_factory=lambda: User(""))  # who: verified by sign-in, or a typed name
 
 
 def pack_with_progress(folder: Path, force: bool = False) -> str:
@@ -223,8 +225,16 @@ def sidebar() -> Context:
         st.session_state["inspect_dataset"] = key
         st.session_state.pop("inspect_index", None)
         st.session_state.pop("inspect_order", None)
-    reviewer = st.sidebar.text_input("Reviewer", key="reviewer", **KEPT,
-                                     placeholder="your name", help="Recorded with every verdict you give.")
+    user = identity.signed_in()
+    if user is not None:  # sign-in: who is known, nothing to type
+        st.sidebar.markdown(f"Signed in as **{ui.as_text(user.name)}**")
+        st.sidebar.button("Sign out", key="sign_out", icon=":material/logout:", on_click=st.logout)
+        reviewer = user.name
+    else:
+        reviewer = st.sidebar.text_input("Reviewer", key="reviewer", **KEPT, placeholder="your name",
+                                         help="Recorded with every verdict you give (a typed name, kept as "
+                                              "unverified).")
+        user = identity.current_user(reviewer)
     run, run_data = model_picker(key)
     tta = st.sidebar.selectbox("TTA views", TTA_VIEWS, key="tta", **KEPT,
                                disabled=run is None,
@@ -234,7 +244,7 @@ def sidebar() -> Context:
     device = ui.device_label()
     st.sidebar.caption(f"Device: {device}")
     ctx = Context(store=store, dataset_key=key, reviewer=reviewer.strip(), run=run, device=device,
-                  run_data=run_data, tta=int(tta))
+                  run_data=run_data, tta=int(tta), user=user)
     st.session_state["context"] = ctx
     return ctx
 

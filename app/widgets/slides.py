@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app.widgets import ui
+from app.widgets import reviews, ui
 from pcam_core.geometry import PATCH
 from pcam_core.inference.infer import precision_used
 from pcam_core.review import regions
@@ -107,9 +107,9 @@ def read_map(folder: Path) -> SlideMap | None:
 def drawn_regions(slide_key: str) -> list[Region]:
     """The regions reviewers drew on the slide ([] when the store cannot be read: the page says why)."""
     try:
-        return regions.current(ui.review_store(), slide_key)
+        return regions.current(reviews.review_store(), slide_key)
     except (ValueError, OSError) as e:
-        st.error(f"The drawn regions cannot be read: {e} (verdict store: {ui.review_db()}).")
+        st.error(f"The drawn regions cannot be read: {e} (verdict store: {reviews.review_db()}).")
         return []
 
 
@@ -117,7 +117,7 @@ def keep_region(slide_key: str, region: dict, reviewer: str) -> None:
     """Stores a region the viewer closed, then reruns so it shows; one line when it cannot be kept."""
     kind = {"tumour": "tumour", "normal": "not tumour"}.get(region.get("kind"), "region")
     try:
-        regions.add(ui.review_store(), slide_key, region.get("kind"), region.get("points", []), reviewer)
+        regions.add(reviews.review_store(), slide_key, region.get("kind"), region.get("points", []), reviewer)
     except (ValueError, OSError) as e:
         st.error(f"The {kind} region was not kept: {e}.")
         return
@@ -143,7 +143,7 @@ def region_table(slide_key: str, drawn: list[Region], slide_map: SlideMap, revie
     seq = cols[0].selectbox("Region", [r.seq for r in drawn], key="slides_region_pick")
     if cols[1].button("Remove", key="slides_region_remove", disabled=not reviewer, icon=":material/delete:"):
         try:
-            regions.remove(ui.review_store(), slide_key, int(seq), reviewer)
+            regions.remove(reviews.review_store(), slide_key, int(seq), reviewer)
         except (ValueError, OSError) as e:
             st.error(f"Not removed: {e}.")
         else:

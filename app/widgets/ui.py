@@ -21,7 +21,6 @@ import streamlit as st
 from app.widgets.images import with_centre_box
 from pcam_core import data, runs
 from pcam_core.data.readers import PatchStore
-from pcam_core.review.verdicts import COLUMNS, ReviewStore
 
 if TYPE_CHECKING:  # for the annotations only: importing models here would import torch at app start
     from pcam_core.inference import cam
@@ -39,55 +38,6 @@ MODEL_IN_USE = threading.Lock()
 def open_dataset(path: str, mtime: float) -> PatchStore:
     """An open dataset, kept per folder and its modification time (`sidebar.open_store` packs first)."""
     return data.open_dataset(path)
-
-
-@st.cache_resource
-def _review_store(path: str) -> ReviewStore:
-    return ReviewStore(path)
-
-
-def review_store() -> ReviewStore:
-    """The review store: $PCAM_DB_URL, else $PCAM_REVIEW_DB, else models/reviews.sqlite.
-
-    Raises:
-        ValueError: it cannot be opened (not SQLite, a folder, a full disk); callers say so and go on.
-    """
-    from pcam_core.review.store import default_db
-
-    return _review_store(default_db())
-
-
-def review_db() -> str:
-    """Which review store, for messages (a database URL's password hidden)."""
-    from pcam_core.review.store import default_db, shown
-
-    return shown(default_db())
-
-
-def verdict_history(dataset_key: str, patch_id: str | None = None) -> pd.DataFrame:
-    """Every verdict on the dataset (or one patch), oldest first; see `_read_verdicts`."""
-    return _read_verdicts(lambda store: store.history(dataset_key, patch_id))
-
-
-def current_verdicts(dataset_key: str) -> pd.DataFrame:
-    """The latest verdict per patch of the dataset; see `_read_verdicts`."""
-    return _read_verdicts(lambda store: store.latest(dataset_key))
-
-
-def patch_tags(dataset_key: str) -> pd.DataFrame:
-    """The tags given on the dataset (patch_id, tag, reviewer); see `_read_verdicts`."""
-    return _read_verdicts(lambda store: store.tags(dataset_key), columns=["patch_id", "tag", "reviewer"])
-
-
-def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[str] = COLUMNS) -> pd.DataFrame:
-    """A read of the verdict store. One that cannot be read (a full disk, a read-only or corrupt file)
-    gets one warning and an empty table: the patches still show."""
-    try:
-        return read(review_store())
-    except (ValueError, OSError) as e:
-        st.warning(f"The verdict store {review_db()} cannot be read ({e}); verdicts are not shown and cannot "
-                   f"be saved until it can (free disk space, or point PCAM_REVIEW_DB elsewhere).")
-        return pd.DataFrame(columns=columns)
 
 
 @st.cache_resource
