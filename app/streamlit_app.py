@@ -32,6 +32,9 @@ page = st.navigation({
         st.Page("views/train.py", title="Train", icon=":material/model_training:"),
         st.Page("views/submit.py", title="Submit", icon=":material/upload_file:"),
     ],
+    "Team": [
+        st.Page("views/admin.py", title="Admin", icon=":material/admin_panel_settings:"),
+    ],
 })
 sidebar.sidebar()
 page.run()

@@ -14,7 +14,7 @@ from pcam_core.review import regions
 from pcam_core.review.verdicts import ReviewStore
 from pcam_core.slides.cache import load_map
 from pcam_core.slides.demo import make_demo_slide, make_slide_image
-from pcam_core.slides.export import parse_cell_id
+from pcam_core.slides.export import cell_id, parse_cell_id
 from pcam_core.slides.reader import Grid, open_slide
 from pcam_core.slides.regions import region_labels
 
@@ -155,3 +155,35 @@ def test_a_demo_model_on_a_real_slide_is_warned_about(open_app, with_model, page
     warnings = [w.value for w in at.warning]
     assert any("learned from the synthetic demo patches" in w and "CMU-1-Small-Region.svs is a real slide"
                in w for w in warnings), warnings
+
+
+@pytest.mark.slow
+def test_slide_verdicts_follow_the_reviewers_rule_in_export_and_on_the_reviewers_page(
+        open_app, with_model, page_text, slide_folder, tmp_path):
+    at = open_slides(open_app, slide_folder, reviewer="Dr Ann")
+    if any(b.key == "slides_score" for b in at.button):
+        at.button(key="slides_score").click().run()
+    assert not at.exception, at.exception
+    key = f"slide:{(slide_folder / 'demo.tif').resolve()}"
+    grid = Grid.of(open_slide(slide_folder / "demo.tif"), 32)
+    tie, agreed, later = (cell_id("demo", *grid.window_box(r, c)) for r, c in ((10, 10), (12, 20), (14, 30)))
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    answers = ((tie, "tumour", "normal"), (agreed, "tumour", "tumour"), (later, "tumour", "unsure"))
+    for patch, ann, ben in answers:
+        store.record(key, patch, ann, "Dr Ann")
+        store.record(key, patch, ben, "Dr Ben")  # the latest row: "latest wins" would label tie 0
+    target = tmp_path / "export-rule"
+    at.text_input(key="slides_export_dir").input(str(target)).run()
+    at.number_input(key="slides_export_top").set_value(0).run()
+    at.button(key="slides_export").click().run()
+    assert not at.exception
+    labels = pd.read_csv(target / "train_labels.csv").set_index("id")["label"].to_dict()
+    assert labels == {agreed: 1, later: 1}  # the tie is left out; unsure counts for nothing
+
+    at.switch_page("views/reviewers.py").run()
+    at.selectbox(key="reviewers_scope").select(key).run()
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "Disagreements (1)" in text and "1 in conflict (left out)" in text
+    pairs = next(f.value for f in at.dataframe if "kappa" in f.value.columns)
+    assert len(pairs) == 1 and {"Dr Ann", "Dr Ben"} <= set(pairs.astype(str).values.ravel())  # the pair

@@ -65,7 +65,7 @@ client_secret = "pcam-review-secret"
 server_metadata_url = "{issuer}/.well-known/openid-configuration"
 """)
     env = {**os.environ, "PCAM_DATA": str(demo_dir), "PCAM_RUNS_DIR": str(trained_runs),
-           "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite")}
+           "PCAM_REVIEW_DB": str(tmp_path / "reviews.sqlite"), "PCAM_ADMINS": "alice@lab.test"}
     env.pop("PCAM_SAMPLE_DIR", None)
     env.pop("PCAM_DB_URL", None)
     app = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app/server.py", "--server.port",
@@ -95,9 +95,10 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
     shots.mkdir()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        pages = {}
         for sub, key in (("alice", "y"), ("bob", "n")):  # Yes and No, by Inspect's keys
             context = browser.new_context(viewport={"width": 1440, "height": 1400})
-            page = context.new_page()
+            page = pages[sub] = context.new_page()
             page.goto(url)
             page.get_by_role("button", name="Sign in").wait_for(timeout=120_000)
             page.screenshot(path=shots / f"sign-in-{sub}.png")
@@ -108,17 +109,42 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
             page.keyboard.press(key)
             settle(page)
             page.screenshot(path=shots / f"verdict-{sub}.png")
-            if sub == "bob":  # a cookie changed by hand gets the sign-in page, not bob
-                cookie = next(c for c in context.cookies() if c["name"].startswith("_streamlit_user"))
-                context.add_cookies([{**cookie, "value": cookie["value"][:-6] + "AAAAAA"}])
-                page.goto(url)
-                page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
-                assert page.get_by_text("Signed in as").count() == 0
-            context.close()
+
+        bob = pages["bob"]  # a reviewer: no admin page
+        bob.goto(f"{url}/admin")
+        settle(bob)
+        assert bob.get_by_text("Only an admin opens this page").count() == 1
+        alice = pages["alice"]  # the first admin (PCAM_ADMINS): deactivates bob
+        alice.goto(f"{url}/admin")
+        settle(alice)
+        assert alice.get_by_text("Bob Brown").count() >= 1
+        alice.get_by_role("combobox", name="Person").click()
+        alice.get_by_role("option", name="Bob Brown (bob@lab.test)").click()
+        alice.get_by_role("combobox", name="Role").click()
+        alice.get_by_role("option", name="reviewer").click()
+        alice.get_by_text("Active", exact=True).click()  # unticked
+        alice.get_by_role("button", name="Save").click()
+        alice.get_by_text("Bob Brown: reviewer, deactivated.").wait_for(timeout=60_000)
+        alice.screenshot(path=shots / "admin.png", full_page=True)
+        bob.goto(f"{url}/inspect")  # the same cookie, deactivated: refused
+        bob.get_by_text("your access to this app was withdrawn").wait_for(timeout=60_000)
+        assert bob.get_by_role("heading", name="Inspect").count() == 0
+
+        context = alice.context  # a cookie changed by hand gets the sign-in page, not alice
+        cookie = next(c for c in context.cookies() if c["name"].startswith("_streamlit_user"))
+        context.add_cookies([{**cookie, "value": cookie["value"][:-6] + "AAAAAA"}])
+        alice.goto(url)
+        alice.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
+        assert alice.get_by_text("Signed in as").count() == 0
         browser.close()
-    rows = ReviewStore(tmp_path / "reviews.sqlite").every_verdict()
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    rows = store.every_verdict()
     assert rows[["reviewer", "reviewer_id", "verified", "verdict"]].values.tolist() == [
         ["Alice Adams", f"{issuer}|alice", True, "tumour"], ["Bob Brown", f"{issuer}|bob", True, "normal"]]
+    trail = store.events()
+    signed = trail.loc[trail["kind"] == "sign-in", "actor"].tolist()
+    assert signed == ["Alice Adams", "Bob Brown"]  # one event a sign-in, however many pages it opened
+    assert trail.loc[trail["kind"] == "user changed", "actor"].tolist() == ["Alice Adams"]
 
 
 def test_without_sign_in_the_app_will_not_serve_another_address(demo_dir, tmp_path):

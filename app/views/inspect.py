@@ -132,12 +132,15 @@ with dataset_tab:
                     + patch_panel.agreement(last["verdict"], label, prob))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")
+    elif not ctx.user.may("review"):
+        st.info(f"You are a {ctx.user.role}: you look, you do not answer. An admin can make you a reviewer.")
     if st.session_state.get("verdict_error"):
         st.error(st.session_state.pop("verdict_error"))
     note = st.text_input("Note (optional)", key=f"inspect_note_{index}")
     buttons = st.columns(len(VERDICTS) + 3)
     for col, verdict in zip(buttons, VERDICTS, strict=False):
-        col.button(ANSWERS[verdict], key=f"inspect_verdict_{verdict}", disabled=not ctx.reviewer,
+        col.button(ANSWERS[verdict], key=f"inspect_verdict_{verdict}",
+                   disabled=not ctx.reviewer or not ctx.user.may("review"),
                    type="secondary", width="stretch",  # no answer is styled as the expected one
                    shortcut=ANSWERS[verdict][0],  # Y, N, U
                    on_click=save_verdict, args=(patch_id, verdict, f"inspect_note_{index}", prob, following))

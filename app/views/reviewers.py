@@ -1,6 +1,8 @@
 """Reviewers: how the verdicts agree, where reviewers conflict (a queue for Inspect), and the labels they
 settled on, ready for training."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -13,18 +15,25 @@ ui.header("Reviewers", "How the reviewers' answers agree with each other (Cohen'
                        "and the labels they settled on, for training.")
 ctx = sidebar.context()
 store = ctx.store
-history = reviews.verdict_history(ctx.dataset_key)
+scope = st.selectbox("Verdicts on", [ctx.dataset_key, *reviews.slides_reviewed()], key="reviewers_scope",
+                     format_func=lambda d: f"slide {Path(d[6:]).name}" if d.startswith("slide:")
+                     else f"this dataset ({Path(d).name})",
+                     help="A slide's cell verdicts count by the same rule as a dataset's patch verdicts.")
+on_slide = scope.startswith("slide:")
+history = reviews.verdict_history(scope)
 if history.empty:
     st.info("No verdicts on this dataset yet: answer 'Tumour in the centre 32x32?' on the Inspect page.")
     st.stop()
 
-known = history["patch_id"].isin(set(store.ids))
-if not known.all():
-    gone = history.loc[~known, "patch_id"].nunique()
-    st.warning(f"{gone:,} reviewed patch(es) are no longer in this dataset; they are left out here.")
-    history = history[known]
+if not on_slide:
+    known = history["patch_id"].isin(set(store.ids))
+    if not known.all():
+        gone = history.loc[~known, "patch_id"].nunique()
+        st.warning(f"{gone:,} reviewed patch(es) are no longer in this dataset; they are left out here.")
+        history = history[known]
 
-labels = pd.Series(store.labels, index=store.ids)
+# a slide's cells have no given label: agreement with the label is n/a there
+labels = pd.Series(dtype=float) if on_slide else pd.Series(store.labels, index=store.ids)
 people = agreement.reviewer_table(history, labels)
 st.subheader("Each reviewer")
 st.dataframe(people, hide_index=True, key="reviewers_people",
@@ -55,8 +64,10 @@ else:
                f"{len(queue) - ties:,} settled by a majority; a Yes and a No on one patch, Unsure counting "
                "for nothing.")
     st.dataframe(queue, hide_index=True, key="reviewers_conflicts")
-    if st.button(f"Review the {len(queue):,} disagreements in Inspect", key="reviewers_open", type="primary",
-                 help="Inspect walks the queue: the most even splits first."):
+    if on_slide:
+        st.caption("Open a cell on the Slides page (its id names its window's place) to answer again.")
+    elif st.button(f"Review the {len(queue):,} disagreements in Inspect", key="reviewers_open",
+                   type="primary", help="Inspect walks the queue: the most even splits first."):
         order = store.index_of(queue["id"])
         ui.open_in_inspect(int(order[0]), order)
 

@@ -149,7 +149,9 @@ if slide_map is None or not slide_map.complete:
         work = n_cells * tta
         here = work <= slides.IN_PROCESS_CELLS
         label = "Score this slide" + ("" if here else " in the background")
-        if st.button(label, key="slides_score", type="primary", icon=":material/play_arrow:",
+        if not ctx.user.may("run jobs"):
+            st.info("This slide has no map yet: an admin scores slides.")
+        elif st.button(label, key="slides_score", type="primary", icon=":material/play_arrow:",
                      help=f"{n_cells:,} cells x {tta} views"):
             if here:
                 score_here()
@@ -290,6 +292,8 @@ if selected is not None:
                    + patch_panel.agreement(last["verdict"], -1, last["prob"]))
     if not ctx.reviewer:
         st.warning("Enter your name as Reviewer in the sidebar to record verdicts.")
+    elif not ctx.user.may("review"):
+        st.info(f"You are a {ctx.user.role}: you look, you do not answer. An admin can make you a reviewer.")
     if st.session_state.get("slides_verdict_error"):
         st.error(st.session_state.pop("slides_verdict_error"))
     note_key = f"slides_note_{patch}"
@@ -297,7 +301,8 @@ if selected is not None:
     buttons = st.columns(len(VERDICTS) + 3)
     for button, verdict in zip(buttons, VERDICTS, strict=False):
         button.button(ANSWERS[verdict], key=f"slides_verdict_{verdict}",
-                      disabled=not ctx.reviewer or not np.isfinite(p), width="stretch",
+                      disabled=not ctx.reviewer or not np.isfinite(p) or not ctx.user.may("review"),
+                      width="stretch",
                       on_click=save_verdict, args=(patch, verdict, p, note_key))
     buttons[-1].button("Next hot spot", key="slides_next", icon=":material/arrow_forward:", width="stretch",
                        on_click=next_hot_spot, args=(grid, (row, col)),
@@ -327,10 +332,11 @@ with st.expander("Downloads and export"):
                                 "from the verdicts (else from the drawn regions around them), the top "
                                 "unreviewed cells in test/.")
     top = st.number_input("Also the top unreviewed cells", 0, 2000, 48, key="slides_export_top")
-    if st.button("Export", key="slides_export", icon=":material/save:"):
-        verdicts = reviews.current_verdicts(slide_key)
+    if st.button("Export", key="slides_export", icon=":material/save:", disabled=not ctx.user.may("export"),
+                 help=None if ctx.user.may("export") else "Exports are for an admin."):
         try:
-            summary = slides.export(slide, slide_map, verdicts, drawn, int(top), target)
+            history = reviews.verdict_history(slide_key)
+            summary = slides.export(slide, slide_map, history, drawn, int(top), target)
         except (ValueError, OSError) as e:
             st.error(f"Export failed: {e}")
         else:

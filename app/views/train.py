@@ -85,7 +85,8 @@ with st.form("train_form"):
         reviewed = row[1].checkbox("Use the reviewers' labels", key="train_reviewed",
                                    help=f"Train on the labels the reviewers settled on. {agreement.RULE}")
         row[2].caption(reviewed_summary)
-    started = st.form_submit_button("Start training", type="primary", disabled=busy is not None,
+    started = st.form_submit_button("Start training", type="primary",
+                                    disabled=busy is not None or not ctx.user.may("run jobs"),
                                     icon=":material/play_arrow:")
 if busy is not None:
     st.info(f"A job is running on {device} ({busy.name}); stop it or wait before starting another.")
@@ -205,7 +206,7 @@ def live(run: Path) -> None:
         auc.update_layout(title="validation ROC AUC", yaxis_range=[0, 1.02], **layout)
         right.plotly_chart(auc, key="train_auc_chart")
     if state in runs.ACTIVE_STATES:
-        if st.button("Stop", key="train_stop", icon=":material/stop:",
+        if st.button("Stop", key="train_stop", icon=":material/stop:", disabled=not ctx.user.may("run jobs"),
                      help="Saves a resumable checkpoint, then ends the job."):
             jobs.stop(run)
             reviews.audit("job stop", {"job": "training", "run": str(run)})
@@ -251,7 +252,8 @@ with st.expander("Export for QuPath (WSInfer)"):
                "`python -m pcam_core export --format wsinfer`.")
     finished = runs.checkpoint_path(run) is not None and not runs.status(run)["alive"]
     st.button("Make the WSInfer model", key="train_export_wsinfer", on_click=export_for_qupath, args=(run,),
-              disabled=not finished, help=None if finished else "Wait for a checkpoint and the job's end.")
+              disabled=not finished or not ctx.user.may("export"),
+              help=None if finished else "Wait for a checkpoint and the job's end.")
     if st.session_state.get("train_export_error"):
         st.error(st.session_state.pop("train_export_error"))
     exported = run / "wsinfer"

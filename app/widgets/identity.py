@@ -10,9 +10,12 @@ a cookie changed by hand is no sign-in.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import streamlit as st
+
+from pcam_core.review.users import MAY, Member
 
 LOCAL_ADDRESSES = ("localhost", "127.0.0.1", "::1")
 
@@ -22,6 +25,23 @@ class User:
     name: str  # shown, and kept with each verdict
     id: str = ""  # the provider's issuer|subject; "" for a typed name
     verified: bool = False  # a sign-in provider vouched for it
+    role: str = "admin"  # local mode: the one person at this machine may do everything
+    member: Member | None = None  # with sign-in: the app's record of them (role, active)
+
+    def may(self, action: str) -> bool:
+        """Whether this user may `action` ("review", "run jobs", "export", "administer")."""
+        return self.member.may(action) if self.member is not None else action in MAY[self.role]
+
+
+def first_admins() -> tuple[str, ...]:
+    """The e-mails or subjects made admins on their first sign-in: $PCAM_ADMINS (comma-separated) and
+    `admins` in the secrets' [pcam] section."""
+    named = [a.strip() for a in os.environ.get("PCAM_ADMINS", "").split(",")]
+    try:
+        named += list(st.secrets.get("pcam", {}).get("admins", []))
+    except (FileNotFoundError, st.errors.StreamlitSecretNotFoundError):
+        pass
+    return tuple(a for a in named if a)
 
 
 def auth_configured() -> bool:
@@ -33,12 +53,28 @@ def auth_configured() -> bool:
 
 
 def signed_in() -> User | None:
-    """The signed-in user, or None (no sign-in set up, or nobody signed in)."""
+    """The signed-in user with their role, or None (no sign-in set up, or nobody signed in). Checked on
+    every run: a user an admin deactivated gets a page saying so and nothing else (st.stop)."""
     if not auth_configured() or not st.user.get("is_logged_in"):
         return None
+    from app.widgets.reviews import review_store
+    from pcam_core.review import users
+
     subject, issuer = str(st.user.get("sub") or ""), str(st.user.get("iss") or "")
-    name = str(st.user.get("name") or st.user.get("email") or subject)
-    return User(name, f"{issuer}|{subject}", True)
+    name, email = str(st.user.get("name") or st.user.get("email") or subject), str(st.user.get("email") or "")
+    user_id = f"{issuer}|{subject}"
+    store = review_store()
+    if st.session_state.get("signed_in_as") != user_id:  # the first run of this sign-in
+        member = users.signed_in(store, user_id, name, email, first_admins(), str(st.user.get("iat") or ""))
+        st.session_state["signed_in_as"] = user_id
+    else:
+        member = users.member(store, user_id)
+    if member is None or not member.active:
+        st.title("PCam Review")
+        st.error(f"{name}: your access to this app was withdrawn by an admin. Ask them to restore it.")
+        st.button("Sign out", key="sign_out_refused", on_click=st.logout)
+        st.stop()
+    return User(name, user_id, True, member.role, member)
 
 
 def current_user(typed: str = "") -> User:

@@ -57,6 +57,12 @@ def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[st
         return pd.DataFrame(columns=columns)
 
 
+def slides_reviewed() -> list[str]:
+    """The keys ("slide:<path>") of the slides with verdicts, for the Reviewers page."""
+    table = _read_verdicts(lambda store: store.datasets(), columns=["dataset", "verdicts", "patches"])
+    return [d for d in table["dataset"] if d.startswith("slide:")]
+
+
 def audit(kind: str, detail: dict) -> None:
     """An event in the review store's audit trail by whoever uses the app (`Context.user`); when the store
     cannot be written the page says so and what was done stands."""

@@ -14,9 +14,10 @@ from app.widgets import reviews, ui
 from pcam_core.geometry import PATCH
 from pcam_core.inference.infer import precision_used
 from pcam_core.review import regions
+from pcam_core.review.agreement import settled_labels
 from pcam_core.review.regions import Region
 from pcam_core.slides.cache import MapSettings, SlideMap, keep_scale, load_map, map_dir, typed_scale
-from pcam_core.slides.export import cell_id, export_cells, parse_cell_id, reviewed_labels
+from pcam_core.slides.export import cell_id, export_cells, parse_cell_id
 from pcam_core.slides.maps import cell_patch, tissue_fraction
 from pcam_core.slides.reader import MIN_TISSUE, Grid, Slide, list_slides, open_slide
 from pcam_core.slides.regions import region_labels, regions_geojson
@@ -157,18 +158,21 @@ def regions_download(slide_map: SlideMap, drawn: list[Region], size: tuple[int, 
     return json.dumps(collection).encode()
 
 
-def export(slide: Slide, slide_map: SlideMap, verdicts, drawn: list[Region], top: int, target: str) -> dict:
+def export(slide: Slide, slide_map: SlideMap, history, drawn: list[Region], top: int, target: str) -> dict:
     """The slide's reviewed cells (labelled by their verdicts, else by the regions drawn around them, tissue
     cells only) and its `top` highest unreviewed cells as a Kaggle-layout folder at `target`."""
-    labels = reviewed_labels(verdicts)
+    settled = settled_labels(history)  # every reviewer's latest answer; a tie is left out, unsure is none
+    labels = dict(zip(settled["id"], settled["label"].astype(int), strict=True))
+    labels = {patch: label for patch, label in labels.items() if label >= 0}
+    reviewed_ids = set(history["patch_id"])
     windows = {}
-    for patch in verdicts["patch_id"]:
+    for patch in labels:
         x, y, _ = parse_cell_id(patch)
         windows[patch] = slide.read(x / slide.scale, y / slide.scale, PATCH, PATCH)
     grid = slide_map.grid
     for row, col, label in region_labels(grid, drawn).itertuples(index=False):
         patch = cell_id(slide.name, *grid.window_box(row, col))
-        if patch not in labels and np.isfinite(slide_map.prob[row, col]):  # tissue; a verdict comes first
+        if patch not in reviewed_ids and np.isfinite(slide_map.prob[row, col]):  # tissue; verdicts first
             labels[patch] = int(label)
             windows[patch] = cell_patch(slide, grid, row, col)
     reviewed = len(windows)
@@ -178,6 +182,6 @@ def export(slide: Slide, slide_map: SlideMap, verdicts, drawn: list[Region], top
         patch = cell_id(slide.name, *grid.window_box(row, col))
         if len(windows) - reviewed >= top or not np.isfinite(slide_map.prob[row, col]):
             break
-        if patch not in windows:
+        if patch not in windows and patch not in reviewed_ids:  # a tie is not "unreviewed"
             windows[patch] = cell_patch(slide, grid, row, col)
     return export_cells(windows, labels, target)

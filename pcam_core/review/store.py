@@ -34,7 +34,7 @@ EXPORT_COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "
                   "checkpoint", "prob", "created"]
 EVENT_COLUMNS = ["seq", "created", "kind", "actor", "actor_id", "verified", "detail"]
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0002"
+HEAD = "0003"
 
 meta = sa.MetaData()  # the tables as the code reads and writes them (the migrations make them)
 TYPES = {"prob": sa.Float, "removes": sa.Integer, "verified": sa.Boolean}
@@ -50,6 +50,9 @@ verdicts = _table("verdicts", "dataset", "patch_id", "verdict", "note", "reviewe
 tags = _table("tags", "dataset", "patch_id", "tag", "reviewer", "created")
 regions = _table("regions", "dataset", "kind", "points", "removes", "reviewer", "created")
 events = _table("events", "kind", "actor", "actor_id", "verified", "detail", "created")
+users = sa.Table("users", meta, sa.Column("id", sa.Text, primary_key=True), sa.Column("name", sa.Text),
+                 sa.Column("email", sa.Text), sa.Column("role", sa.Text), sa.Column("active", sa.Boolean),
+                 sa.Column("created", sa.Text), sa.Column("last_seen", sa.Text))
 
 # The sqlite3 versions' schema, created when adopting one of their stores that lacks a part of it.
 _LEGACY = """
@@ -262,6 +265,13 @@ class ReviewStore:
         if patch_id is not None:
             query = query.where(verdicts.c.patch_id == str(patch_id))
         return self._frame(query.order_by(verdicts.c.seq), COLUMNS)
+
+    def datasets(self) -> pd.DataFrame:
+        """Each dataset (or slide, "slide:<path>") with verdicts: dataset, verdicts, patches."""
+        patches = sa.func.count(sa.distinct(verdicts.c.patch_id))
+        query = sa.select(verdicts.c.dataset, sa.func.count(), patches).group_by(verdicts.c.dataset) \
+            .order_by(verdicts.c.dataset)
+        return self._frame(query, ["dataset", "verdicts", "patches"])
 
     def every_verdict(self) -> pd.DataFrame:
         """Every verdict row of every dataset, oldest first (EXPORT_COLUMNS): what `review export` writes."""

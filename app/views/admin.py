@@ -1,0 +1,57 @@
+"""Admin: the people who signed in and their roles, deactivation, and the audit trail (read and download).
+
+Only an admin opens it; in local mode (no sign-in set up) the one person at this machine is its admin.
+"""
+
+import pandas as pd
+import streamlit as st
+
+from app.widgets import identity, reviews, sidebar, ui
+from pcam_core.review import users
+
+ui.header("Admin", "Who may do what, and what was done: the people who signed in, their roles (admin, "
+                   "reviewer, viewer), and the audit trail of exports, jobs, imports and changes.")
+ctx = sidebar.context()
+if not ctx.user.may("administer"):
+    st.error(f"Only an admin opens this page; you are signed in as a {ctx.user.role}. Ask an admin to "
+             "change your role.")
+    st.stop()
+
+store = reviews.review_store()
+st.subheader("People")
+if not identity.auth_configured():
+    st.info("Local mode: sign-in is not set up, so the person at this machine is the admin and verdicts "
+            "carry typed names (unverified). README 'Team deployment' sets up sign-in, users and roles.")
+else:
+    people = users.everyone(store)
+    st.dataframe(pd.DataFrame([{"name": m.name, "e-mail": m.email, "role": m.role, "active": m.active,
+                                "id": m.id} for m in people]), hide_index=True, key="admin_people")
+    with st.form("admin_change", border=True):
+        row = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
+        who = row[0].selectbox("Person", people, format_func=lambda m: f"{m.name} ({m.email or m.id})",
+                               key="admin_person")
+        role = row[1].selectbox("Role", users.ROLES, key="admin_role",
+                                help="admin: everything; reviewer: verdicts, notes, tags, regions; viewer: "
+                                     "looks only.")
+        active = row[2].checkbox("Active", value=True, key="admin_active",
+                                 help="A deactivated person is refused on every page at once, whatever "
+                                      "their sign-in cookie says.")
+        if row[3].form_submit_button("Save", type="primary") and who is not None:
+            try:
+                changed = users.change(store, ctx.user.member, who.id, role=role, active=active)
+            except (ValueError, PermissionError) as e:
+                st.error(str(e))
+            else:
+                state = "active" if changed.active else "deactivated"
+                st.session_state["admin_done"] = f"{changed.name}: {changed.role}, {state}."
+                st.rerun()  # the table above shows the change
+    if st.session_state.get("admin_done"):
+        st.success(st.session_state.pop("admin_done"))
+
+st.subheader("Audit trail")
+trail = store.events().iloc[::-1]
+st.caption(f"{len(trail):,} events, newest first. The command line reads the same: "
+           "`python -m pcam_core review audit --out events.csv`.")
+st.dataframe(trail, hide_index=True, key="admin_trail")
+st.download_button("Download the audit trail (CSV)", trail.iloc[::-1].to_csv(index=False), "audit.csv",
+                   "text/csv", key="admin_download", icon=":material/download:")
