@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from app.compute import tiles
-from app.widgets import annotations, images, patch_panel, reviews, sidebar, slides, ui, viewer
+from app.widgets import annotations, images, patch_panel, reviews, roots, sidebar, slides, ui, viewer
 from pcam_core.review.verdicts import ANSWERS, VERDICTS
 from pcam_core.runs import jobs
 from pcam_core.slides.cache import job_state
@@ -31,6 +31,12 @@ folder = folders.get(source) or pick[0].text_input("Slide folder", key="slides_f
 if not folder:
     st.info("Type the path of a folder holding .svs, .tif, .ndpi, .mrxs or other slide files.")
     st.stop()
+if source not in folders:
+    try:
+        folder = str(roots.readable(str(folder)))
+    except ValueError as e:
+        st.error(str(e))
+        st.stop()
 try:
     paths = slides.slides_in(str(folder))
 except FileNotFoundError as e:
@@ -325,7 +331,7 @@ with st.expander("Downloads and export"):
     st.caption("cells.geojson imports into QuPath (File > Import objects): cells at P >= 0.5 as detections "
                "with P(tumour) as a measurement, tumour regions as annotations and the regions reviewers "
                "drew (Tumor / Normal), in level-0 pixels.")
-    default = map_folder.parent / f"export-{slide.name}-{datetime.now():%Y%m%d-%H%M}"
+    default = roots.output_root() / f"export-{slide.name}-{datetime.now():%Y%m%d-%H%M}"
     st.session_state.setdefault("slides_export_dir", str(default))
     target = st.text_input("Export cells as a patch dataset to", key="slides_export_dir",
                            help="A new folder in the Kaggle layout: reviewed cells in train/ with labels "
@@ -336,7 +342,7 @@ with st.expander("Downloads and export"):
                  help=None if ctx.user.may("export") else "Exports are for an admin."):
         try:
             history = reviews.verdict_history(slide_key)
-            summary = slides.export(slide, slide_map, history, drawn, int(top), target)
+            summary = slides.export(slide, slide_map, history, drawn, int(top), str(roots.writable(target)))
         except (ValueError, OSError) as e:
             st.error(f"Export failed: {e}")
         else:

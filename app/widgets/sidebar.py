@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app.widgets import identity, ui
+from app.widgets import identity, roots, ui
 from app.widgets.identity import User
 from pcam_core import runs
 from pcam_core.data.readers import PatchStore, is_packed
@@ -102,7 +102,11 @@ def dataset_picker() -> tuple[PatchStore, str]:
         if not typed.strip():
             st.info("Type a dataset folder in the sidebar, or pick the built-in demo.")
             st.stop()
-        path = Path(typed.strip()).expanduser()
+        try:
+            path = roots.readable(typed)
+        except ValueError as e:
+            st.error(str(e))
+            st.stop()
     else:
         path = Path(sample) if source == SAMPLE_LABEL else demo
     if not path.is_dir():
