@@ -294,8 +294,10 @@ def test_a_box_drawn_on_the_map_becomes_the_browse_selection(server, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 1100})
         page.goto(f"{server}/map?reviewer=Dr+Map")
-        plot = page.locator(".js-plotly-plot .nsewdrag").first  # the plot area (made in the background)
-        plot.wait_for(timeout=240_000)
+        # the map made in the background (its first look, by PCA, is shown meanwhile and picks nothing)
+        page.get_by_text(re.compile(r"patches, mapped from")).wait_for(timeout=240_000)
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        plot.wait_for(timeout=60_000)
         settle(page)
         # a single click on a point in the chart's default mode opens that patch and its neighbours
         x, y = page.evaluate(FIRST_POINT)

@@ -153,8 +153,8 @@ def test_a_store_elsewhere_merges_in_once(where, tmp_path):
     gone = regions.add(there, "slide:s", "tumour", [(0, 0), (7, 0), (7, 7)], "Bob")
     regions.remove(there, "slide:s", gone, "Bob")
     there.log("export", "Bob", {"to": "x"})
-    assert merge(here, there) == {"verdicts": 2, "tags": 2, "regions": 3, "events": 1}
-    assert merge(here, there) == {"verdicts": 0, "tags": 0, "regions": 0, "events": 0}  # nothing twice
+    assert merge(here, there) == {"verdicts": 2, "tags": 2, "regions": 3, "events": 1, "blind": 0}
+    assert merge(here, there) == {"verdicts": 0, "tags": 0, "regions": 0, "events": 0, "blind": 0}  # once
     assert here.history("ds")[["patch_id", "verdict", "reviewer"]].values.tolist() == [
         ["p1", "tumour", "Ann"], ["p1", "normal", "Bob"], ["p2", "tumour", "Bob"]]
     now = regions.current(here, "slide:s")
@@ -174,7 +174,7 @@ def test_review_export_audit_and_import_on_the_command_line(tmp_path, capsys):
     assert rows[["patch_id", "verdict", "note", "reviewer", "verified"]].values.tolist() == [
         ["p1", "tumour", "a, comma", "Ann", False], ["p2", "normal", "", "Bob", False]]
     assert list(rows.columns) == ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "reviewer_id",
-                                  "verified", "checkpoint", "prob", "created"]
+                                  "verified", "blind", "checkpoint", "prob", "created"]
     assert main(["review", "audit", "--db", str(db), "--out", str(tmp_path / "e.csv")]) == 0
     events = pd.read_csv(tmp_path / "e.csv")
     assert events[["kind", "actor"]].values.tolist() == [["import", "Dr Admin"]]
@@ -195,3 +195,19 @@ def test_review_export_audit_and_import_on_the_command_line(tmp_path, capsys):
 def test_a_store_that_cannot_be_reached_is_one_clear_error(tmp_path):
     with pytest.raises(StoreError, match="cannot be opened as a verdict store"):
         ReviewStore("postgresql://nobody@127.0.0.1:9/none")
+
+
+def test_blind_mode_is_kept_per_dataset_with_who_set_it(where):
+    store = ReviewStore(where)
+    assert store.blind_mode("ds") == {"active": False, "hide_label": False, "hide_model": False}
+    store.set_blind("ds", True, hide_label=True, hide_model=False, by="Dr Admin", by_id="idp|admin")
+    store.set_blind("slide:s", True, hide_label=False, hide_model=True, by="Dr Admin")
+    assert store.blind_mode("ds") == {"active": True, "hide_label": True, "hide_model": False}
+    blind = store.record("ds", "p1", "tumour", "Ann", blind=True)
+    store.record("ds", "p1", "normal", "Bob")
+    assert store.blind_verdicts("ds") == {blind}
+    store.set_blind("ds", False, hide_label=True, hide_model=True, by="Dr Admin")
+    assert store.blind_mode("ds") == {"active": False, "hide_label": False, "hide_model": False}  # all off
+    assert store.blind_mode("slide:s")["hide_model"]
+    trail = store.events("blind mode")
+    assert len(trail) == 3 and json.loads(trail["detail"].iloc[0])["hide label"] is True

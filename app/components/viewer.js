@@ -145,8 +145,11 @@ class SlideViewer {
     const previous = this.applied || {};
     this.applied = data;
     if (previous.dzi !== data.dzi) this.open(data);
-    if (previous.map !== data.map) this.loadMap(data.map);
-    else if (previous.threshold !== data.threshold) this.colourMap();
+    if (previous.map !== data.map) {
+      this.values = null; // no map (a blind read): the slide alone
+      if (data.map) this.loadMap(data.map);
+      this.root.querySelector(".pcv-legend").style.display = data.map ? "" : "none";
+    } else if (previous.threshold !== data.threshold) this.colourMap();
     const cut = this.root.querySelector(".pcv-cut");
     cut.textContent = "▲ " + data.threshold.toFixed(2);
     cut.style.left = data.threshold * 100 + "%";

@@ -3,10 +3,12 @@
 Only an admin opens it; in local mode (no sign-in set up) the one person at this machine is its admin.
 """
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
-from app.widgets import identity, reviews, sidebar, ui
+from app.widgets import identity, reviews, sidebar, slides, ui
 from pcam_core.review import users
 
 ui.header("Admin", "Who may do what, and what was done: the people who signed in, their roles (admin, "
@@ -18,6 +20,8 @@ if not ctx.user.may("administer"):
     st.stop()
 
 store = reviews.review_store()
+if st.session_state.get("admin_done"):
+    st.success(st.session_state.pop("admin_done"))
 st.subheader("People")
 if not identity.auth_configured():
     st.info("Local mode: sign-in is not set up, so the person at this machine is the admin and verdicts "
@@ -45,8 +49,30 @@ else:
                 state = "active" if changed.active else "deactivated"
                 st.session_state["admin_done"] = f"{changed.name}: {changed.role}, {state}."
                 st.rerun()  # the table above shows the change
-    if st.session_state.get("admin_done"):
-        st.success(st.session_state.pop("admin_done"))
+
+st.subheader("Blind review")
+offered = [f"slide:{Path(p).resolve()}" for folder in slides.slide_folders().values()
+           for p in slides.slides_in(str(folder))]
+targets = list(dict.fromkeys([ctx.dataset_key, *reviews.slides_reviewed(), *offered]))
+with st.form("admin_blind", border=True):
+    row = st.columns([3, 1, 1, 1, 1], vertical_alignment="bottom")
+    target = row[0].selectbox("Dataset or slide", targets, key="admin_blind_target",
+                              format_func=lambda d: f"slide {Path(d[6:]).name}" if d.startswith("slide:")
+                              else f"dataset {Path(d).name}")
+    now = store.blind_mode(target)
+    row[0].caption("Now: " + ("blind" + (", label hidden" if now["hide_label"] else "")
+                              + (", model hidden" if now["hide_model"] else "") if now["active"] else "open"))
+    on = row[1].checkbox("Blind", value=now["active"], key="admin_blind_on",
+                         help="Reviewers see no one else's verdicts on a patch or cell until they have "
+                              "answered it.")
+    hide_label = row[2].checkbox("Hide label", value=now["hide_label"], key="admin_blind_label")
+    hide_model = row[3].checkbox("Hide model", value=now["hide_model"], key="admin_blind_model",
+                                 help="The model's P, views and CAM until one has answered; on a slide, its "
+                                      "map and hot spots altogether (a blind read).")
+    if row[4].form_submit_button("Save"):
+        store.set_blind(target, on, hide_label, hide_model, ctx.user.name or "(no name given)", ctx.user.id)
+        st.session_state["admin_done"] = f"Blind review {'on' if on else 'off'} for {target}."
+        st.rerun()
 
 st.subheader("Audit trail")
 trail = store.events().iloc[::-1]

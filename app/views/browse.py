@@ -77,7 +77,7 @@ wants_model = queue or verdict == "differs from the model" or any(
 partial = pending.partial if pending is not None and wants_model else None
 if partial is not None:  # the model's filters, sorts and queue over the patches scored so far
     preds = partial
-verdicts = reviews.current_verdicts(ctx.dataset_key)
+verdicts = reviews.seen_verdicts(ctx.dataset_key, ctx.reviewer)  # blind review: one's own only
 table = review.review_table(store, split, verdicts, preds)
 if checked:
     table = table.merge(issues[["id", "quality", "issue"]].assign(cv_prob=issues["prob"]), on="id",
@@ -164,6 +164,8 @@ if chosen is not None:
 with st.expander("Verdicts on this dataset"):
     counts = verdicts["verdict"].value_counts()
     st.write(", ".join(f"{name}: {counts.get(name, 0):,}" for name in review.VERDICTS))
-    st.download_button("Download verdicts (CSV, full audit trail)",
-                       reviews.verdict_history(ctx.dataset_key).to_csv(index=False),
+    trail = reviews.verdict_history(ctx.dataset_key)
+    if reviews.blind_mode(ctx.dataset_key)["active"]:  # blind review: one's own verdicts only
+        trail = trail[reviews.mine(trail, ctx.reviewer)]
+    st.download_button("Download verdicts (CSV, full audit trail)", trail.to_csv(index=False),
                        file_name="pcam_verdicts.csv", mime="text/csv", on_click="ignore", key="browse_export")

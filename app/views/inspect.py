@@ -42,7 +42,8 @@ def save_verdict(patch_id: str, verdict: str, note_key: str, prob: float | None,
         reviews.review_store().record(ctx.dataset_key, patch_id, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""),
                                  checkpoint=str(ctx.run) if ctx.run else "", prob=prob,
-                                 reviewer_id=ctx.user.id, verified=ctx.user.verified)
+                                 reviewer_id=ctx.user.id, verified=ctx.user.verified,
+                                 blind=reviews.blind_mode(ctx.dataset_key)["active"])
     except (ValueError, OSError) as e:  # a read-only or full verdict store, no reviewer name
         # the note stays in its box and the buttons stay: nothing the reviewer typed is lost
         st.session_state["verdict_error"] = (f"The verdict was not saved: {e}. The verdict store is "
@@ -98,7 +99,7 @@ with dataset_tab:
                   on_click=go_to_patch, args=(int(order[max(at - 1, 0)]),), shortcut="Left")
     nav[1].button("Next", key="inspect_next", disabled=following is None, icon=":material/arrow_forward:",
                   on_click=go_to_patch, args=(following,), shortcut="Right")
-    done = reviews.current_verdicts(ctx.dataset_key)["patch_id"].to_numpy()
+    done = reviews.seen_verdicts(ctx.dataset_key, ctx.reviewer)["patch_id"].to_numpy()
     reviewed = int(pd.Index(store.ids[order]).isin(done).sum())  # hashed: quick at 220,025 patches
     nav[2].markdown(f"Patch {at + 1:,} of {len(order):,} in the current filter · reviewed {reviewed:,} of "
                     f"{len(order):,}")
@@ -109,8 +110,18 @@ with dataset_tab:
 
     patch_id, label = str(store.ids[index]), int(store.labels[index])
     rgb = store[index]
-    st.markdown(f"**{patch_id}** · split {store.splits[index]} · label **{ui.label_name(label)}**")
-    label_check(patch_id, label)
+    history, hidden = reviews.seen_history(ctx.dataset_key, patch_id, ctx.reviewer)
+    mode = reviews.blind_mode(ctx.dataset_key)
+    hide_label, hide_model = hidden and mode["hide_label"], hidden and mode["hide_model"]
+    shown_label = "hidden until you answer" if hide_label else ui.label_name(label)
+    st.markdown(f"**{patch_id}** · split {store.splits[index]} · label **{shown_label}**")
+    if mode["active"]:
+        st.info("Blind review on this dataset: other reviewers' verdicts"
+                + (", the given label" if mode["hide_label"] else "")
+                + (", the model's P and views" if mode["hide_model"] else "")
+                + " show once you have answered this patch.")
+    if not hide_label:
+        label_check(patch_id, label)
     original, heat, controls = st.columns([4, 4, 3])
     with original:
         st.image(images.with_centre_box(rgb, SCALE), width="stretch", output_format="PNG",
@@ -119,12 +130,15 @@ with dataset_tab:
         if mask is not None and mask[0].any():
             st.image(images.with_centre_box(np.where(mask[0][..., None], rgb, rgb // 3), 2),
                      caption="tumour pixels (demo ground truth)")
-    prob = patch_panel.model_panel(ctx.run, rgb, "inspect", heat, controls, ctx.tta)
+    if hide_model:
+        heat.caption("The model's view of this patch shows once you have answered (blind review).")
+        prob = None
+    else:
+        prob = patch_panel.model_panel(ctx.run, rgb, "inspect", heat, controls, ctx.tta)
 
     st.subheader("Tumour in the centre 32x32?")
     st.caption("Your answer about the tissue; whether it matches the label and the model is worked out, "
                "not asked.")
-    history = reviews.verdict_history(ctx.dataset_key, patch_id)
     if len(history):
         last = history.iloc[-1]
         st.markdown(f"Current verdict: **{last['verdict']}** by {ui.as_text(last['reviewer'])} "

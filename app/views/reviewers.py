@@ -32,6 +32,11 @@ if not on_slide:
         st.warning(f"{gone:,} reviewed patch(es) are no longer in this dataset; they are left out here.")
         history = history[known]
 
+blind = reviews.blind_verdicts(scope)
+if blind and st.toggle(f"Only the {int(history['seq'].isin(blind).sum()):,} verdicts given blind",
+                       key="reviewers_blind", help="Blind review: each answered without seeing the others' "
+                                                   "verdicts. Agreement among them is the honest measure."):
+    history = history[history["seq"].isin(blind)]
 # a slide's cells have no given label: agreement with the label is n/a there
 labels = pd.Series(dtype=float) if on_slide else pd.Series(store.labels, index=store.ids)
 people = agreement.reviewer_table(history, labels)

@@ -198,11 +198,19 @@ if selected is not None and not (0 <= selected[0] < slide_map.prob.shape[0]
                                  and 0 <= selected[1] < slide_map.prob.shape[1]):
     selected = None  # a link's cell that this map does not have
 outlines = annotations.current(path, slide.size)
-marks = viewer.marks(reviews.current_verdicts(slide_key), slide_map)
+mode = reviews.blind_mode(slide_key)
+marks = viewer.marks(reviews.seen_verdicts(slide_key, ctx.reviewer), slide_map)  # blind: one's own marks
+if mode["active"]:
+    st.info("Blind review on this slide: other reviewers' verdicts"
+            + (" and the model's map, hot spots and P" if mode["hide_model"] else "")
+            + " stay hidden" + (" (a blind read of the slide)." if mode["hide_model"] else
+                                 " until you have answered a cell."))
 drawn = slides.drawn_regions(slide_key)
-spots = hot_spots(slide_map.prob, slide_map.grid, slide.mpp, threshold)
+spots = [] if mode["hide_model"] else hot_spots(slide_map.prob, slide_map.grid, slide.mpp, threshold)
 try:
     urls = tiles.offer(slide.path, slide_map.prob)
+    if mode["hide_model"]:
+        urls = (urls[0], None)  # the slide without its map
     shown = viewer.slide_viewer(urls, slide, slide_map, threshold, selected, marks, drawn, spots,
                                 annotations.outline_rings(outlines) if outlines else [])
 except ValueError as e:  # the slide cannot be opened for tiles
@@ -254,7 +262,8 @@ def save_verdict(patch: str, verdict: str, p: float, note_key: str) -> None:
     try:
         reviews.review_store().record(slide_key, patch, verdict, ctx.reviewer,
                                  note=st.session_state.get(note_key, ""), checkpoint=str(ctx.run), prob=p,
-                                 reviewer_id=ctx.user.id, verified=ctx.user.verified)
+                                 reviewer_id=ctx.user.id, verified=ctx.user.verified,
+                                 blind=reviews.blind_mode(slide_key)["active"])
     except (ValueError, OSError) as e:
         st.session_state["slides_verdict_error"] = f"Not saved: {e} (verdict store: {reviews.review_db()})."
         return
@@ -286,11 +295,14 @@ if selected is not None:
     st.caption(f"Patch id {patch}: the 96x96 window at level-0 ({x:,}, {y:,}), {size} slide px a side.")
     original, heat, controls = st.columns([4, 4, 3])
     original.image(images.with_centre_box(rgb, patch_panel.SCALE), width="stretch", output_format="PNG",
-                   caption=f"on the map: P(tumour) {p:.3f}" if np.isfinite(p) else "not scored: glass or "
-                                                                                   "too little tissue")
-    patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls, tta)
+                   caption="P hidden (blind read)" if mode["hide_model"] else f"on the map: P(tumour) {p:.3f}"
+                   if np.isfinite(p) else "not scored: glass or too little tissue")
+    history, _ = reviews.seen_history(slide_key, patch, ctx.reviewer)
+    if mode["hide_model"]:
+        heat.caption("The model's view shows in no blind read of a slide.")
+    else:
+        patch_panel.model_panel(ctx.run, rgb, "slides", heat, controls, tta)
     st.markdown("**Is there tumour in the centre 32x32?**")
-    history = reviews.verdict_history(slide_key, patch)
     if len(history):
         last = history.iloc[-1]
         st.caption(f"Current verdict: {last['verdict']} by {ui.as_text(last['reviewer'])}, "
@@ -310,7 +322,8 @@ if selected is not None:
                       disabled=not ctx.reviewer or not np.isfinite(p) or not ctx.user.may("review"),
                       width="stretch",
                       on_click=save_verdict, args=(patch, verdict, p, note_key))
-    buttons[-1].button("Next hot spot", key="slides_next", icon=":material/arrow_forward:", width="stretch",
+    buttons[-1].button("Next hot spot", key="slides_next", disabled=mode["hide_model"],
+                       icon=":material/arrow_forward:", width="stretch",
                        on_click=next_hot_spot, args=(grid, (row, col)),
                        help="The highest-scoring cell without a verdict yet.")
     if st.session_state.pop("slides_no_more", False):

@@ -57,6 +57,49 @@ def _read_verdicts(read: Callable[[ReviewStore], pd.DataFrame], columns: list[st
         return pd.DataFrame(columns=columns)
 
 
+def blind_mode(dataset_key: str) -> dict:
+    """Blind review in force on a dataset or slide: active, hide_label, hide_model (off when unreadable)."""
+    try:
+        return review_store().blind_mode(dataset_key)
+    except (ValueError, OSError):
+        return {"active": False, "hide_label": False, "hide_model": False}
+
+
+def mine(history: pd.DataFrame, reviewer: str) -> pd.Series:
+    """Which rows of a verdict history are `reviewer`'s (names compared as the Reviewers page does)."""
+    from pcam_core.review.agreement import reviewer_key
+
+    if not reviewer.strip():
+        return pd.Series(False, index=history.index)
+    return history["reviewer"].map(reviewer_key) == reviewer_key(reviewer)
+
+
+def seen_history(dataset_key: str, patch_id: str, reviewer: str) -> tuple[pd.DataFrame, bool]:
+    """A patch's verdicts as `reviewer` may see them, and whether blind review hides things now: in blind
+    mode, until the reviewer has answered the patch, only their own rows (none)."""
+    history = verdict_history(dataset_key, patch_id)
+    own = mine(history, reviewer)
+    hidden = blind_mode(dataset_key)["active"] and not own.any()
+    return (history[own] if hidden else history), hidden
+
+
+def seen_verdicts(dataset_key: str, reviewer: str) -> pd.DataFrame:
+    """The current verdict per patch as `reviewer` may see them: in blind mode, their own latest only."""
+    if not blind_mode(dataset_key)["active"]:
+        return current_verdicts(dataset_key)
+    history = verdict_history(dataset_key)
+    own = history[mine(history, reviewer)]
+    return own.groupby("patch_id", sort=False).tail(1).sort_values("seq").reset_index(drop=True)
+
+
+def blind_verdicts(dataset_key: str) -> set[int]:
+    """The sequence numbers of the verdicts given blind on a dataset or slide."""
+    try:
+        return review_store().blind_verdicts(dataset_key)
+    except (ValueError, OSError):
+        return set()
+
+
 def slides_reviewed() -> list[str]:
     """The keys ("slide:<path>") of the slides with verdicts, for the Reviewers page."""
     table = _read_verdicts(lambda store: store.datasets(), columns=["dataset", "verdicts", "patches"])

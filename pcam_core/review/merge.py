@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from pcam_core.review.store import ReviewStore, events, regions, tags, verdicts
+from pcam_core.review.store import ReviewStore, blind, events, regions, tags, verdicts
 
 KEYS = {
     "verdicts": ("dataset", "patch_id", "verdict", "note", "reviewer", "reviewer_id", "created"),
     "tags": ("dataset", "patch_id", "tag"),
     "regions": ("dataset", "kind", "points", "reviewer", "created"),
     "events": ("kind", "actor", "detail", "created"),
+    "blind": ("dataset", "active", "by_name", "created"),
 }
-TABLES = {"verdicts": verdicts, "tags": tags, "regions": regions, "events": events}
+TABLES = {"verdicts": verdicts, "tags": tags, "regions": regions, "events": events, "blind": blind}
 
 
 def _rows(store: ReviewStore, table: sa.Table) -> list[dict]:

@@ -31,13 +31,14 @@ VERDICTS = ("tumour", "normal", "unsure")  # the answer to "tumour in the centre
 ANSWERS = {"tumour": "Yes", "normal": "No", "unsure": "Unsure"}  # how the pages ask it
 COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "checkpoint", "prob", "created"]
 EXPORT_COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "reviewer_id", "verified",
-                  "checkpoint", "prob", "created"]
+                  "blind", "checkpoint", "prob", "created"]
 EVENT_COLUMNS = ["seq", "created", "kind", "actor", "actor_id", "verified", "detail"]
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0003"
+HEAD = "0004"
 
 meta = sa.MetaData()  # the tables as the code reads and writes them (the migrations make them)
-TYPES = {"prob": sa.Float, "removes": sa.Integer, "verified": sa.Boolean}
+TYPES = {"prob": sa.Float, "removes": sa.Integer, "verified": sa.Boolean, "blind": sa.Boolean,
+         "active": sa.Boolean, "hide_label": sa.Boolean, "hide_model": sa.Boolean}
 
 
 def _table(name: str, *columns: str) -> sa.Table:
@@ -46,7 +47,8 @@ def _table(name: str, *columns: str) -> sa.Table:
 
 
 verdicts = _table("verdicts", "dataset", "patch_id", "verdict", "note", "reviewer", "checkpoint", "prob",
-                  "created", "reviewer_id", "verified")
+                  "created", "reviewer_id", "verified", "blind")
+blind = _table("blind", "dataset", "active", "hide_label", "hide_model", "by_name", "by_id", "created")
 tags = _table("tags", "dataset", "patch_id", "tag", "reviewer", "created")
 regions = _table("regions", "dataset", "kind", "points", "removes", "reviewer", "created")
 events = _table("events", "kind", "actor", "actor_id", "verified", "detail", "created")
@@ -222,7 +224,7 @@ class ReviewStore:
     # ---- verdicts -------------------------------------------------------------------------------------
     def record(self, dataset: str, patch_id: str, verdict: str, reviewer: str, note: str = "",
                checkpoint: str = "", prob: float | None = None, reviewer_id: str = "",
-               verified: bool = False) -> int:
+               verified: bool = False, blind: bool = False) -> int:
         """Appends a verdict and returns its sequence number.
 
         Args:
@@ -235,6 +237,7 @@ class ReviewStore:
             prob: that model's probability for the patch, if any.
             reviewer_id: the sign-in provider's identity (issuer and subject); "" for a typed name.
             verified: whether a sign-in provider vouched for the reviewer.
+            blind: given in blind mode (others' verdicts unseen).
         """
         if verdict not in VERDICTS:
             raise ValueError(f"verdict {verdict!r} is not one of {list(VERDICTS)}")
@@ -242,7 +245,7 @@ class ReviewStore:
             raise ValueError("a verdict needs a reviewer name: enter yours in the sidebar")
         row = dict(dataset=dataset, patch_id=str(patch_id), verdict=verdict, note=note.strip(),
                    reviewer=reviewer.strip(), checkpoint=checkpoint, created=now(), reviewer_id=reviewer_id,
-                   prob=None if prob is None else float(prob), verified=bool(verified))
+                   prob=None if prob is None else float(prob), verified=bool(verified), blind=bool(blind))
         with self.errors("saving the verdict"), self.engine.begin() as con:
             return int(con.execute(verdicts.insert().values(**row).returning(verdicts.c.seq)).scalar_one())
 
@@ -277,7 +280,33 @@ class ReviewStore:
         """Every verdict row of every dataset, oldest first (EXPORT_COLUMNS): what `review export` writes."""
         frame = self._frame(sa.select(*(verdicts.c[c] for c in EXPORT_COLUMNS)).order_by(verdicts.c.seq),
                             EXPORT_COLUMNS)
-        return frame.astype({"verified": bool})
+        return frame.astype({"verified": bool, "blind": bool})
+
+    def blind_verdicts(self, dataset: str) -> set[int]:
+        """The sequence numbers of the dataset's verdicts given in blind mode."""
+        query = sa.select(verdicts.c.seq).where(verdicts.c.dataset == dataset, verdicts.c.blind)
+        with self.errors("reading verdicts"), self.reading() as con:
+            return set(con.execute(query).scalars())
+
+    # ---- blind review ---------------------------------------------------------------------------------
+    def set_blind(self, dataset: str, active: bool, hide_label: bool, hide_model: bool, by: str,
+                  by_id: str = "") -> None:
+        """Turns blind mode on or off for a dataset (or slide); an event in the audit trail too."""
+        row = dict(dataset=dataset, active=bool(active), hide_label=bool(hide_label and active),
+                   hide_model=bool(hide_model and active), by_name=by, by_id=by_id, created=now())
+        with self.errors("setting blind mode"), self.engine.begin() as con:
+            con.execute(blind.insert().values(**row))
+        self.log("blind mode", by, {"dataset": dataset, "on": row["active"], "hide label": row["hide_label"],
+                                    "hide model": row["hide_model"]}, by_id, bool(by_id))
+
+    def blind_mode(self, dataset: str) -> dict:
+        """The blind mode in force on a dataset: active, hide_label, hide_model (all False when never set)."""
+        query = sa.select(blind.c.active, blind.c.hide_label, blind.c.hide_model) \
+            .where(blind.c.dataset == dataset).order_by(blind.c.seq.desc()).limit(1)
+        with self.errors("reading blind mode"), self.reading() as con:
+            row = con.execute(query).first()
+        return dict(zip(("active", "hide_label", "hide_model"), map(bool, row or (False, False, False)),
+                        strict=True))
 
     # ---- tags -----------------------------------------------------------------------------------------
     def tag(self, dataset: str, patch_ids: Sequence[str], tag: str, reviewer: str) -> int:

@@ -1,0 +1,45 @@
+"""Blind review on the Inspect page: until a reviewer has answered a patch they see no one else's verdict
+(and, as the admin chose, neither the given label nor the model); their verdict is marked blind; then
+everything shows. The Reviewers page can count the blind verdicts alone."""
+
+from __future__ import annotations
+
+import re
+
+from pcam_core.review.store import ReviewStore
+
+pytest_plugins = ["apptest"]
+
+
+def shown_patch(at) -> str:
+    return next(re.match(r"\*\*(\w+)\*\*", m.value).group(1) for m in at.markdown
+                if re.match(r"\*\*\w+\*\* · split", m.value))
+
+
+def test_a_blind_reviewer_sees_no_one_elses_verdict_until_answering(open_app, with_model, page_text, demo_dir,
+                                                                    tmp_path):
+    at = open_app("inspect", reviewer="Dr Bob")
+    patch = shown_patch(at)
+    key = str(demo_dir.resolve())
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    store.record(key, patch, "tumour", "Dr Ann", note="crowded nuclei")
+    store.set_blind(key, True, hide_label=True, hide_model=True, by="Dr Admin")
+    at.run()
+    text = page_text(at)
+    assert "Blind review on this dataset" in text and "Dr Ann" not in text and "crowded" not in text
+    assert "label **hidden until you answer**" in " ".join(m.value for m in at.markdown)
+    assert "The model's view of this patch shows once you have answered" in text
+    assert not [m for m in at.metric if m.label == "P(tumour)"]  # no P
+    at.button(key="inspect_verdict_normal").click().run()
+    assert not at.exception, at.exception
+    text = page_text(at)
+    assert "Dr Ann" in text or "Dr Bob" in text  # answered: the history shows
+    assert any(m.label == "P(tumour)" for m in at.metric)  # and the model
+    rows = store.history(key, patch)
+    assert rows["reviewer"].tolist() == ["Dr Ann", "Dr Bob"]
+    assert store.blind_verdicts(key) == {int(rows["seq"].iloc[1])}  # Bob's, given blind
+
+    at.switch_page("views/reviewers.py").run()
+    assert not at.exception, at.exception
+    at.toggle(key="reviewers_blind").set_value(True).run()
+    assert "1 reviewer so far" in page_text(at).replace("One reviewer so far", "1 reviewer so far")
