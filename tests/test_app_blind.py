@@ -43,3 +43,25 @@ def test_a_blind_reviewer_sees_no_one_elses_verdict_until_answering(open_app, wi
     assert not at.exception, at.exception
     at.toggle(key="reviewers_blind").set_value(True).run()
     assert "1 reviewer so far" in page_text(at).replace("One reviewer so far", "1 reviewer so far")
+
+
+def test_an_admin_assigns_a_filter_and_the_reviewer_finds_it_under_assigned_to_me(open_app, page_text,
+                                                                                   demo_dir, tmp_path):
+    from pcam_core.review import assignments
+
+    at = open_app("browse", reviewer="Dr Admin")  # local mode: the person at the machine is the admin
+    at.selectbox(key="browse_label").select("tumour").run()
+    expander = next(e for e in at.expander if e.label.startswith("Assign these"))
+    count = int(expander.label.split()[2].replace(",", ""))
+    at.text_input(key="browse_assign_person").input("Dr Bob")  # in the form: sent with its button
+    next(b for b in at.button if b.label == f"Assign these {count:,} patches").click().run()
+    assert not at.exception, at.exception
+    key = str(demo_dir.resolve())
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    given = assignments.assigned(store, key, assignments.assignee_of("", "dr bob"))
+    assert len(given) == count and store.events("assignment")["actor"].tolist() == ["Dr Admin"]
+
+    bob = open_app("browse", reviewer="Dr Bob")
+    bob.toggle(key="browse_assigned").set_value(True).run()
+    assert f"**{count:,}** of" in page_text(bob)  # exactly the patches given
+    assert not [t for t in open_app("browse", reviewer="Dr Carol").toggle if t.key == "browse_assigned"]

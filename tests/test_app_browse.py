@@ -68,7 +68,7 @@ def test_browse_with_a_model_filters_sorts_and_queues(open_app, with_model, page
 
 def test_inspect_button_opens_the_patch_in_inspect(open_app, page_text):
     at = open_app("browse")
-    target = at.button[2]  # the third tile's Inspect button
+    target = [b for b in at.button if b.key.startswith("browse_inspect_")][2]  # the third tile's Inspect
     index = int(target.key.rsplit("_", 1)[1])
     target.click().run()
     assert not at.exception

@@ -29,7 +29,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 PAGES = {"dataset": "", "explore": "eda", "browse": "browse", "inspect": "inspect", "evaluate": "evaluate",
-         "map": "map", "slides": "slides", "reviewers": "reviewers", "train": "train", "submit": "submit"}
+         "map": "map", "slides": "slides", "reviewers": "reviewers", "train": "train", "submit": "submit",
+         "admin": "admin"}
 REPO = Path(__file__).resolve().parents[1]
 
 if not CHROMIUM.exists():

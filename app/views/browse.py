@@ -70,6 +70,12 @@ for kept in ([copies] if with_copies else []) + ([set(tags.loc[tags["tag"] == ta
                                                  if tag != "any" else []):
     wanted = kept if wanted is None else wanted & kept
 
+mine = reviews.assigned_to_me(ctx.dataset_key, ctx.user)
+if mine and st.toggle(f"Assigned to me ({'all' if '' in mine else f'{len(mine):,}'})", key="browse_assigned",
+                      **keep, help="The patches an admin gave you to review."):
+    if "" not in mine:
+        wanted = mine if wanted is None else wanted & mine
+
 preds, pending = scoring.predictions_soon(store, [ctx.run] if ctx.run else [], split, ctx.tta)
 asked = {key: st.session_state.get(key, default) for key, default in MODEL_CHOICES.items()}
 wants_model = queue or verdict == "differs from the model" or any(
@@ -132,6 +138,11 @@ shown = review.select(table, label=label if labelled else "any", verdict=verdict
                       outcome=outcome if labelled else "any", prob=(low, high), min_priority=min_priority,
                       queue=queue, sort=SORTS[sort], mislabelled=mislabelled and checked,
                       ids=wanted)
+
+if ctx.user.may("administer") and len(shown):
+    with st.expander(f"Assign these {len(shown):,} patches to a reviewer"):
+        reviews.assign_form(ctx.dataset_key, shown["id"].astype(str).tolist(),
+                            f"these {len(shown):,} patches", "browse_assign")
 
 row = st.columns([2, 1, 3])
 size = row[0].segmented_control("Per page", [24, 48, 96], default=48, required=True, key="browse_size",

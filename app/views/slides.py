@@ -45,7 +45,9 @@ except FileNotFoundError as e:
 if not paths:
     st.info(f"{folder} holds no slide files (.svs, .tif, .ndpi, .mrxs, ...).")
     st.stop()
-path = pick[1].selectbox("Slide", paths, format_func=lambda p: Path(p).name, key="slides_file", **kept)
+mine = {p for p in paths if reviews.assigned_to_me(f"slide:{Path(p).resolve()}", ctx.user)}
+path = pick[1].selectbox("Slide", paths, key="slides_file", **kept,
+                         format_func=lambda p: Path(p).name + (" · assigned to you" if p in mine else ""))
 slides.scale_of(path)  # a scale typed for one slide is never carried to the next
 mpp = pick[2].number_input("Microns per pixel", value=None, min_value=0.05, max_value=20.0, step=0.05,
                            format="%.3f", key="slides_mpp", placeholder="from the file", **kept,
@@ -233,6 +235,9 @@ if failed_tiles := tiles.unreadable(slide.path):
 
 with st.expander(f"Drawn regions ({len(drawn)})", expanded=False):
     slides.region_table(slide_key, drawn, slide_map, ctx.reviewer)
+if ctx.user.may("administer"):
+    with st.expander("Assign this slide to a reviewer"):
+        reviews.assign_form(slide_key, [""], slide.name, "slides_assign")
 
 with st.expander("Outlines and scores" + (f" ({outlines.source.name})" if outlines else ""),
                  expanded=False):

@@ -100,6 +100,45 @@ def blind_verdicts(dataset_key: str) -> set[int]:
         return set()
 
 
+def assigned_to_me(dataset_key: str, user: User) -> set[str]:
+    """The patch ids of the dataset (or slide) assigned to this user ("" among them: all of it)."""
+    from pcam_core.review import assignments
+
+    if not user.name:
+        return set()
+    try:
+        return assignments.assigned(review_store(), dataset_key, assignments.assignee_of(user.id, user.name))
+    except (ValueError, OSError):
+        return set()
+
+
+def assign_form(dataset_key: str, patch_ids: list[str], what: str, key: str) -> None:
+    """An admin's form: `patch_ids` (or [""]: the whole slide) to a reviewer, named by sign-in or typed."""
+    from app.widgets.identity import auth_configured
+    from pcam_core.review import assignments, users
+
+    with st.form(key, border=False):
+        row = st.columns([3, 2], vertical_alignment="bottom")
+        if auth_configured():
+            people = [m for m in users.everyone(review_store()) if m.active and m.role != "viewer"]
+            person = row[0].selectbox("Reviewer", people, key=f"{key}_person",
+                                      format_func=lambda m: f"{m.name} ({m.email or m.id})")
+            target = (person.id, person.name) if person else ("", "")
+        else:
+            typed = row[0].text_input("Reviewer's name", key=f"{key}_person", placeholder="as they type it")
+            target = ("", typed)
+        if row[1].form_submit_button(f"Assign {what}", icon=":material/assignment_ind:"):
+            ctx = st.session_state.get("context")
+            try:
+                by = ctx.user.name if ctx else ""
+                assignee = assignments.assignee_of(*target)
+                n = assignments.assign(review_store(), dataset_key, patch_ids, assignee, target[1], by)
+            except (ValueError, OSError) as e:
+                st.error(str(e))
+            else:
+                st.success(f"Assigned {what} to {target[1]} ({n:,} rows); they find it under Assigned to me.")
+
+
 def slides_reviewed() -> list[str]:
     """The keys ("slide:<path>") of the slides with verdicts, for the Reviewers page."""
     table = _read_verdicts(lambda store: store.datasets(), columns=["dataset", "verdicts", "patches"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from pcam_core.review.assignments import assignments
 from pcam_core.review.store import ReviewStore, blind, events, regions, tags, verdicts
 
 KEYS = {
@@ -19,8 +20,10 @@ KEYS = {
     "regions": ("dataset", "kind", "points", "reviewer", "created"),
     "events": ("kind", "actor", "detail", "created"),
     "blind": ("dataset", "active", "by_name", "created"),
+    "assignments": ("dataset", "patch_id", "assignee", "active", "created"),
 }
-TABLES = {"verdicts": verdicts, "tags": tags, "regions": regions, "events": events, "blind": blind}
+TABLES = {"verdicts": verdicts, "tags": tags, "regions": regions, "events": events, "blind": blind,
+          "assignments": assignments}
 
 
 def _rows(store: ReviewStore, table: sa.Table) -> list[dict]:
