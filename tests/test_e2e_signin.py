@@ -123,7 +123,7 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
         alice.get_by_role("combobox", name="Role").click()
         alice.get_by_role("option", name="reviewer").click()
         alice.get_by_text("Active", exact=True).click()  # unticked
-        alice.get_by_role("button", name="Save").click()
+        alice.get_by_role("button", name="Save the change").click()
         alice.get_by_text("Bob Brown: reviewer, deactivated.").wait_for(timeout=60_000)
         alice.screenshot(path=shots / "admin.png", full_page=True)
         bob.goto(f"{url}/inspect")  # the same cookie, deactivated: refused

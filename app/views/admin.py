@@ -40,7 +40,7 @@ else:
         active = row[2].checkbox("Active", value=True, key="admin_active",
                                  help="A deactivated person is refused on every page at once, whatever "
                                       "their sign-in cookie says.")
-        if row[3].form_submit_button("Save", type="primary") and who is not None:
+        if row[3].form_submit_button("Save the change", type="primary") and who is not None:
             try:
                 changed = users.change(store, ctx.user.member, who.id, role=role, active=active)
             except (ValueError, PermissionError) as e:
@@ -69,7 +69,7 @@ with st.form("admin_blind", border=True):
     hide_model = row[3].checkbox("Hide model", value=now["hide_model"], key="admin_blind_model",
                                  help="The model's P, views and CAM until one has answered; on a slide, its "
                                       "map and hot spots altogether (a blind read).")
-    if row[4].form_submit_button("Save"):
+    if row[4].form_submit_button("Save blind mode"):
         store.set_blind(target, on, hide_label, hide_model, ctx.user.name or "(no name given)", ctx.user.id)
         st.session_state["admin_done"] = f"Blind review {'on' if on else 'off'} for {target}."
         st.rerun()
