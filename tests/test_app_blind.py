@@ -65,3 +65,24 @@ def test_an_admin_assigns_a_filter_and_the_reviewer_finds_it_under_assigned_to_m
     bob.toggle(key="browse_assigned").set_value(True).run()
     assert f"**{count:,}** of" in page_text(bob)  # exactly the patches given
     assert not [t for t in open_app("browse", reviewer="Dr Carol").toggle if t.key == "browse_assigned"]
+
+
+def test_a_blind_read_of_a_slide_shows_the_slide_without_its_map(open_app, with_model, page_text, tmp_path):
+    import json
+
+    from pcam_core.slides.demo import make_demo_slide
+
+    make_demo_slide(tmp_path / "slides" / "blind.tif", 768, 512, seed=4)
+    at = open_app("slides", reviewer="Dr Bob")
+    at.selectbox(key="slides_source").set_value("A folder I type").run()
+    at.text_input(key="slides_folder").input(str(tmp_path / "slides")).run()
+    at.button(key="slides_score").click().run()
+    key = f"slide:{(tmp_path / 'slides' / 'blind.tif').resolve()}"
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    store.set_blind(key, True, hide_label=False, hide_model=True, by="Admin")
+    at.run()
+    assert not at.exception, at.exception
+    assert "Blind review on this slide" in page_text(at)
+    viewer = next(e for e in at.get("bidi_component") if e.proto.component_name.endswith("slide_viewer"))
+    data = json.loads(viewer.proto.json)
+    assert data["dzi"].startswith("/tiles/") and data["map"] is None and data["hotspots"] == []

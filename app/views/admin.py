@@ -55,7 +55,7 @@ offered = [f"slide:{Path(p).resolve()}" for folder in slides.slide_folders().val
            for p in slides.slides_in(str(folder))]
 targets = list(dict.fromkeys([ctx.dataset_key, *reviews.slides_reviewed(), *offered]))
 with st.form("admin_blind", border=True):
-    row = st.columns([3, 1, 1, 1, 1], vertical_alignment="bottom")
+    row = st.columns([3, 1, 1, 1, 2], vertical_alignment="bottom")
     target = row[0].selectbox("Dataset or slide", targets, key="admin_blind_target",
                               format_func=lambda d: f"slide {Path(d[6:]).name}" if d.startswith("slide:")
                               else f"dataset {Path(d).name}")
