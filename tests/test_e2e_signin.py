@@ -105,10 +105,22 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
             assert page.get_by_label("Reviewer", exact=True).count() == 0  # nothing to type: who is known
             sign_in(page, url, sub)
             assert page.get_by_text(f"Signed in as {USERS[sub]}").count() == 1
+            if sub == "bob":  # blind: nothing of Alice's answer on this patch until Bob has answered
+                assert page.get_by_text("Blind review on this dataset").count() == 1
+                assert page.get_by_text("Alice Adams").count() == 0
+                assert page.get_by_text("History of this patch").count() == 0
             page.get_by_role("heading", name="Inspect").first.click()
             page.keyboard.press(key)
             settle(page)
             page.screenshot(path=shots / f"verdict-{sub}.png")
+            if sub == "bob":
+                page.get_by_text("History of this patch (2 verdicts)").wait_for(timeout=30_000)
+            else:  # the admin turns blind review on for the dataset
+                page.goto(f"{url}/admin")
+                settle(page)
+                page.get_by_text("Blind", exact=True).click()
+                page.get_by_role("button", name="Save blind mode").click()
+                page.get_by_text("Blind review on for").wait_for(timeout=60_000)
 
         bob = pages["bob"]  # a reviewer: no admin page
         bob.goto(f"{url}/admin")
@@ -139,8 +151,9 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
         browser.close()
     store = ReviewStore(tmp_path / "reviews.sqlite")
     rows = store.every_verdict()
-    assert rows[["reviewer", "reviewer_id", "verified", "verdict"]].values.tolist() == [
-        ["Alice Adams", f"{issuer}|alice", True, "tumour"], ["Bob Brown", f"{issuer}|bob", True, "normal"]]
+    assert rows[["reviewer", "reviewer_id", "verified", "verdict", "blind"]].values.tolist() == [
+        ["Alice Adams", f"{issuer}|alice", True, "tumour", False],
+        ["Bob Brown", f"{issuer}|bob", True, "normal", True]]  # Bob's answer given blind
     trail = store.events()
     signed = trail.loc[trail["kind"] == "sign-in", "actor"].tolist()
     assert signed == ["Alice Adams", "Bob Brown"]  # one event a sign-in, however many pages it opened

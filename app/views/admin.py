@@ -10,6 +10,7 @@ import streamlit as st
 
 from app.widgets import identity, reviews, sidebar, slides, ui
 from pcam_core.review import users
+from pcam_core.review.agreement import reviewer_key
 
 ui.header("Admin", "Who may do what, and what was done: the people who signed in, their roles (admin, "
                    "reviewer, viewer), and the audit trail of exports, jobs, imports and changes.")
@@ -49,6 +50,32 @@ else:
                 state = "active" if changed.active else "deactivated"
                 st.session_state["admin_done"] = f"{changed.name}: {changed.role}, {state}."
                 st.rerun()  # the table above shows the change
+
+if identity.auth_configured():
+    st.subheader("Typed names")
+    every = store.every_verdict()
+    typed = sorted(set(every.loc[~every["verified"], "reviewer"]))
+    if not typed:
+        st.caption("No verdicts under typed (unverified) names.")
+    else:
+        mapped = users.mapped_names(store)
+        st.caption("Verdicts given in local mode carry the name that was typed, unverified. Say who each "
+                   "name was: the pages then count those verdicts as that person's (rows stay as written). "
+                   + ", ".join(f"{ui.as_text(n)} -> {ui.as_text(mapped[reviewer_key(n)])}" for n in typed
+                               if reviewer_key(n) in mapped))
+        with st.form("admin_names", border=True):
+            row = st.columns([2, 3, 1], vertical_alignment="bottom")
+            name = row[0].selectbox("Typed name", typed, key="admin_typed")
+            person = row[1].selectbox("Was", users.everyone(store), key="admin_was",
+                                      format_func=lambda m: f"{m.name} ({m.email or m.id})")
+            if row[2].form_submit_button("Map the name") and person is not None:
+                try:
+                    users.map_name(store, ctx.user.member, name, person.id)
+                except (ValueError, PermissionError) as e:
+                    st.error(str(e))
+                else:
+                    st.session_state["admin_done"] = f"{name}'s verdicts now count as {person.name}'s."
+                    st.rerun()
 
 st.subheader("Blind review")
 offered = [f"slide:{Path(p).resolve()}" for folder in slides.slide_folders().values()

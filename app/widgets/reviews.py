@@ -32,13 +32,28 @@ def review_db() -> str:
 
 
 def verdict_history(dataset_key: str, patch_id: str | None = None) -> pd.DataFrame:
-    """Every verdict on the dataset (or one patch), oldest first; see `_read_verdicts`."""
-    return _read_verdicts(lambda store: store.history(dataset_key, patch_id))
+    """Every verdict on the dataset (or one patch), oldest first, a typed name an admin mapped to a person
+    shown as that person; see `_read_verdicts`."""
+    return _as_people(_read_verdicts(lambda store: store.history(dataset_key, patch_id)))
 
 
 def current_verdicts(dataset_key: str) -> pd.DataFrame:
-    """The latest verdict per patch of the dataset; see `_read_verdicts`."""
-    return _read_verdicts(lambda store: store.latest(dataset_key))
+    """The latest verdict per patch of the dataset (names mapped as in `verdict_history`)."""
+    return _as_people(_read_verdicts(lambda store: store.latest(dataset_key)))
+
+
+def _as_people(table: pd.DataFrame) -> pd.DataFrame:
+    from pcam_core.review.agreement import reviewer_key
+    from pcam_core.review.users import mapped_names
+
+    try:
+        mapped = mapped_names(review_store()) if len(table) else {}
+    except (ValueError, OSError):
+        mapped = {}
+    if mapped:
+        keys = table["reviewer"].map(reviewer_key)
+        table = table.assign(reviewer=keys.map(mapped).fillna(table["reviewer"]))
+    return table
 
 
 def patch_tags(dataset_key: str) -> pd.DataFrame:

@@ -34,7 +34,7 @@ EXPORT_COLUMNS = ["seq", "dataset", "patch_id", "verdict", "note", "reviewer", "
                   "blind", "checkpoint", "prob", "created"]
 EVENT_COLUMNS = ["seq", "created", "kind", "actor", "actor_id", "verified", "detail"]
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0005"
+HEAD = "0006"
 
 meta = sa.MetaData()  # the tables as the code reads and writes them (the migrations make them)
 TYPES = {"prob": sa.Float, "removes": sa.Integer, "verified": sa.Boolean, "blind": sa.Boolean,

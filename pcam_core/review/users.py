@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from pcam_core.review.store import ReviewStore, now, users
+from pcam_core.review.agreement import reviewer_key
+from pcam_core.review.store import ReviewStore, meta, now, users
+
+names = sa.Table("names", meta, sa.Column("seq", sa.Integer, primary_key=True),
+                 *(sa.Column(c, sa.Text) for c in ("name_key", "user_id", "by_name", "created")))
 
 ROLES = ("admin", "reviewer", "viewer")
 MAY = {  # what each role may do
@@ -96,3 +100,26 @@ def change(store: ReviewStore, admin: Member, user_id: str, role: str | None = N
               "active": [target.active, after.active]}
     store.log("user changed", admin.name, detail, admin.id, True)
     return after
+
+
+def map_name(store: ReviewStore, admin: Member, typed: str, user_id: str) -> Member:
+    """Says that the name `typed` (given in local mode, unverified) was the person `user_id`: from now on the
+    pages count that name's verdicts as theirs. The rows themselves are kept as written."""
+    if not admin.may("administer"):
+        raise PermissionError(f"{admin.name} is a {admin.role}: only an admin maps names to people")
+    person = member(store, user_id)
+    if person is None or not typed.strip():
+        raise ValueError("name a typed reviewer name and a person who has signed in")
+    with store.errors("mapping the name"), store.begin() as con:
+        con.execute(names.insert().values(name_key=reviewer_key(typed), user_id=user_id, by_name=admin.name,
+                                          created=now()))
+    store.log("name mapped", admin.name, {"typed": typed, "to": person.name, "id": user_id}, admin.id, True)
+    return person
+
+
+def mapped_names(store: ReviewStore) -> dict[str, str]:
+    """{typed name key: the person's name} for every typed name mapped to a person (the latest mapping)."""
+    query = sa.select(names.c.name_key, users.c.name).join(users, users.c.id == names.c.user_id) \
+        .order_by(names.c.seq)
+    with store.errors("reading the names"), store.reading() as con:
+        return {key: name for key, name in con.execute(query)}
