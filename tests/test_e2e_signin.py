@@ -122,6 +122,13 @@ def test_two_people_sign_in_and_their_verdicts_carry_who_they_are(signed_app, tm
                 page.get_by_role("button", name="Save blind mode").click()
                 page.get_by_text("Blind review on for").wait_for(timeout=60_000)
 
+        alice = pages["alice"]  # the Reviewers page names both, as they signed in
+        alice.goto(f"{url}/reviewers")
+        settle(alice)
+        with alice.expect_download() as download:  # the tables are drawn on a canvas: read their CSV
+            alice.get_by_role("button", name="Agreement tables (CSV)").click()
+        people = Path(download.value.path()).read_text()
+        assert "Alice Adams" in people and "Bob Brown" in people
         bob = pages["bob"]  # a reviewer: no admin page
         bob.goto(f"{url}/admin")
         settle(bob)
