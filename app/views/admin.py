@@ -33,7 +33,7 @@ else:
                                 "id": m.id} for m in people]), hide_index=True, key="admin_people")
     with st.form("admin_change", border=True):
         row = st.columns([3, 2, 1, 1], vertical_alignment="bottom")
-        who = row[0].selectbox("Person", people, format_func=lambda m: f"{m.name} ({m.email or m.id})",
+        who = row[0].selectbox("Person", people, format_func=lambda m: m.label,
                                key="admin_person")
         role = row[1].selectbox("Role", users.ROLES, key="admin_role",
                                 help="admin: everything; reviewer: verdicts, notes, tags, regions; viewer: "
@@ -67,7 +67,7 @@ if identity.auth_configured():
             row = st.columns([2, 3, 1], vertical_alignment="bottom")
             name = row[0].selectbox("Typed name", typed, key="admin_typed")
             person = row[1].selectbox("Was", users.everyone(store), key="admin_was",
-                                      format_func=lambda m: f"{m.name} ({m.email or m.id})")
+                                      format_func=lambda m: m.label)
             if row[2].form_submit_button("Map the name") and person is not None:
                 try:
                     users.map_name(store, ctx.user.member, name, person.id)
@@ -82,7 +82,7 @@ offered = [f"slide:{Path(p).resolve()}" for folder in slides.slide_folders().val
            for p in slides.slides_in(str(folder))]
 targets = list(dict.fromkeys([ctx.dataset_key, *reviews.slides_reviewed(), *offered]))
 with st.form("admin_blind", border=True):
-    row = st.columns([3, 1, 1, 1, 2], vertical_alignment="bottom")
+    row = st.columns([3, 1, 1.2, 1.3, 1.6], vertical_alignment="bottom")
     target = row[0].selectbox("Dataset or slide", targets, key="admin_blind_target",
                               format_func=lambda d: f"slide {Path(d[6:]).name}" if d.startswith("slide:")
                               else f"dataset {Path(d).name}")

@@ -137,7 +137,7 @@ def assign_form(dataset_key: str, patch_ids: list[str], what: str, key: str) -> 
         if auth_configured():
             people = [m for m in users.everyone(review_store()) if m.active and m.role != "viewer"]
             person = row[0].selectbox("Reviewer", people, key=f"{key}_person",
-                                      format_func=lambda m: f"{m.name} ({m.email or m.id})")
+                                      format_func=lambda m: m.label)
             target = (person.id, person.name) if person else ("", "")
         else:
             typed = row[0].text_input("Reviewer's name", key=f"{key}_person", placeholder="as they type it")

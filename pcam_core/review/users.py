@@ -39,6 +39,11 @@ class Member:
     def may(self, action: str) -> bool:
         return self.active and action in MAY[self.role]
 
+    @property
+    def label(self) -> str:
+        """How a page lists them: name and e-mail (or identity)."""
+        return f"{self.name} ({self.email or self.id})"
+
 
 def _member(row) -> Member:
     return Member(row.id, row.name, row.email, row.role, bool(row.active))

@@ -41,12 +41,6 @@ def parse_cell_id(patch_id: str) -> tuple[int, int, int]:
     return int(found[1]), int(found[2]), int(found[3])
 
 
-def reviewed_labels(verdicts: pd.DataFrame) -> dict[str, int]:
-    """The label each reviewed cell's current verdict gives: tumour 1, normal 0; unsure gives none."""
-    known = verdicts[verdicts["verdict"].isin(["tumour", "normal"])]
-    return dict(zip(known["patch_id"], (known["verdict"] == "tumour").astype(int).tolist(), strict=True))
-
-
 def heat_rgba(prob: np.ndarray, opacity: float = 0.55, colormap: str = COLORMAP) -> np.ndarray:
     """(rows, cols, 4) uint8: the map coloured, transparent where no cell was scored."""
     import matplotlib
